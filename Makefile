@@ -1,0 +1,129 @@
+# edged — build, test, demo and benchmark. See README.md.
+#
+#   make demo        build and train a small model on this machine's licence texts
+#   make check       build and run the test suite
+#   make bench       training throughput, MFU and the PyTorch comparison
+#   SANITIZE=1       build with ASan + UBSan (into build/sanitize)
+#   NATIVE=1         add -march=native (the default build runs on any x86-64 / aarch64)
+
+CC ?= cc
+PKG_CONFIG ?= pkg-config
+PYTHON ?= /usr/bin/python3
+
+ifeq ($(SANITIZE),1)
+BUILD ?= build/sanitize
+else ifeq ($(NATIVE),1)
+BUILD ?= build/native
+else
+BUILD ?= build
+endif
+
+# Debian packages the build and the tests need, and the pkg-config names that prove them.
+DEB_PKGS := build-essential pkg-config libopenblas-dev libjansson-dev libcmocka-dev
+DEV_PKGS := cppcheck clang-tidy clang-format
+PC_PKGS := openblas jansson cmocka
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+PC_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PC_PKGS) 2>/dev/null)
+PC_LIBS := $(shell $(PKG_CONFIG) --libs openblas jansson 2>/dev/null)
+CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
+
+WARNINGS := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
+	-Wno-unused-parameter -Wformat=2 -Wvla
+CFLAGS ?= -O2 -g
+override CFLAGS += -std=gnu11 $(WARNINGS) -D_GNU_SOURCE -Icommon -Ikernels -Idaemon $(PC_CFLAGS) \
+	-fno-strict-aliasing -MMD -MP
+ifeq ($(NATIVE),1)
+override CFLAGS += -march=native
+endif
+ifeq ($(SANITIZE),1)
+override CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+override LDFLAGS += -fsanitize=address,undefined
+endif
+LDLIBS := $(PC_LIBS) -lm -lpthread
+
+LIB_SRCS := $(wildcard common/*.c kernels/*.c) $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+TEST_SRCS := $(wildcard tests/test-*.c)
+TESTS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCHES := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+PROGRAMS := $(BUILD)/edged
+
+.PHONY: all check demo bench deps ensure-deps format analyze clean run-tests run-demo run-bench
+
+all: $(PROGRAMS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libedge.a: $(LIB_OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(BUILD)/edged: $(BUILD)/obj/daemon/main.o $(BUILD)/libedge.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libedge.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/libedge.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Installs what the build and the tests need. demo and check call it only when a probe fails.
+deps:
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(DEB_PKGS)
+
+ensure-deps:
+	@if ! command -v $(CC) >/dev/null 2>&1 || ! command -v $(PKG_CONFIG) >/dev/null 2>&1 || \
+	    ! $(PKG_CONFIG) --exists $(PC_PKGS); then \
+		echo "edged: build dependencies missing; installing them (make deps)"; \
+		$(MAKE) --no-print-directory deps; \
+	fi
+
+# The probe has to run before the flags above are computed, hence the second make.
+check: ensure-deps
+	@$(MAKE) --no-print-directory run-tests
+
+demo: ensure-deps
+	@$(MAKE) --no-print-directory run-demo
+
+bench: ensure-deps
+	@$(MAKE) --no-print-directory run-bench
+
+run-tests: $(PROGRAMS) $(TESTS)
+	@tests/run-tests $(BUILD) $(TESTS)
+
+DEMO_DIR ?= $(BUILD)/demo
+DEMO_DATA ?= /usr/share/common-licenses
+DEMO_STEPS ?= 400
+run-demo: $(PROGRAMS)
+	@mkdir -p $(DEMO_DIR)
+	$(BUILD)/edged train --data $(DEMO_DATA) --config tiny --steps $(DEMO_STEPS) \
+		--checkpoint $(DEMO_DIR)/demo.safetensors
+
+BENCH_ARGS ?=
+run-bench: $(BENCHES)
+	$(BUILD)/bench/train $(BENCH_ARGS)
+
+format:
+	@command -v clang-format >/dev/null || $(SUDO) apt-get install -y clang-format
+	clang-format -i $(wildcard common/*.[ch] kernels/*.[ch] daemon/*.[ch] tests/*.[ch] bench/*.[ch])
+
+analyze: ensure-deps
+	@command -v cppcheck >/dev/null && command -v clang-tidy >/dev/null || \
+		$(SUDO) apt-get install -y --no-install-recommends cppcheck clang-tidy
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+		--inline-suppr --suppress=missingIncludeSystem -Icommon -Ikernels -Idaemon \
+		common kernels daemon tests bench
+	clang-tidy --quiet $(LIB_SRCS) daemon/main.c -- -std=gnu11 -D_GNU_SOURCE -Icommon -Ikernels \
+		-Idaemon $(PC_CFLAGS)
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,21 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdarg.h>
+
+#include "macros.h"
+
+enum { LOG_LEVEL_ERR = 3, LOG_LEVEL_WARNING = 4, LOG_LEVEL_INFO = 6, LOG_LEVEL_DEBUG = 7 };
+
+void log_set_max_level(int level);
+int log_get_max_level(void);
+
+/* Logs the message and returns -abs(error), so callers can "return log_error_errno(r, ...)". */
+int log_full_errno(int level, int error, const char *fmt, ...) _printf_(3, 4);
+
+#define log_error_errno(e, ...) log_full_errno(LOG_LEVEL_ERR, (e), __VA_ARGS__)
+#define log_warning_errno(e, ...) log_full_errno(LOG_LEVEL_WARNING, (e), __VA_ARGS__)
+#define log_error(...) ((void) log_full_errno(LOG_LEVEL_ERR, 0, __VA_ARGS__))
+#define log_warning(...) ((void) log_full_errno(LOG_LEVEL_WARNING, 0, __VA_ARGS__))
+#define log_info(...) ((void) log_full_errno(LOG_LEVEL_INFO, 0, __VA_ARGS__))
+#define log_debug(...) ((void) log_full_errno(LOG_LEVEL_DEBUG, 0, __VA_ARGS__))

@@ -1,0 +1,277 @@
+/* SPDX-License-Identifier: MIT */
+#include "nn.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#define LN_EPS 1e-5f
+#define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_CUBIC 0.044715f
+
+/* Cephes-style expf: range reduction by ln 2, degree-6 polynomial, 2^n through the
+ * exponent bits. Branch-free so that the loops calling it vectorise. */
+static inline float exp_approx(float x) {
+        x = x > 88.3f ? 88.3f : x;
+        x = x < -87.3f ? -87.3f : x;
+        /* round to nearest by the 1.5*2^23 trick: rintf does not vectorise on baseline x86-64 */
+        float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+        float r = x - n * 0.693359375f;
+        r = r - n * -2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        p = p * r * r + r + 1.0f;
+        union {
+                int32_t i;
+                float f;
+        } scale = { .i = ((int32_t) n + 127) << 23 };
+        return p * scale.f;
+}
+
+float nn_expf(float x) {
+        return exp_approx(x);
+}
+
+void nn_encoder_forward(float *out, const uint8_t *tokens, const float *wte, const float *wpe,
+                        int B, int T, int C) {
+        for (int b = 0; b < B; b++)
+                for (int t = 0; t < T; t++) {
+                        float *o = out + ((size_t) b * T + t) * C;
+                        const float *we = wte + (size_t) tokens[b * T + t] * C;
+                        const float *pe = wpe + (size_t) t * C;
+                        for (int i = 0; i < C; i++)
+                                o[i] = we[i] + pe[i];
+                }
+}
+
+void nn_encoder_backward(float *dwte, float *dwpe, const float *dout, const uint8_t *tokens,
+                         int B, int T, int C) {
+        for (int b = 0; b < B; b++)
+                for (int t = 0; t < T; t++) {
+                        const float *d = dout + ((size_t) b * T + t) * C;
+                        float *dwe = dwte + (size_t) tokens[b * T + t] * C;
+                        float *dpe = dwpe + (size_t) t * C;
+                        for (int i = 0; i < C; i++) {
+                                dwe[i] += d[i];
+                                dpe[i] += d[i];
+                        }
+                }
+}
+
+void nn_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                          const float *weight, const float *bias, size_t N, int C) {
+        for (size_t n = 0; n < N; n++) {
+                const float *x = inp + n * C;
+                float *o = out + n * C;
+                float m = 0.0f, v = 0.0f;
+                for (int i = 0; i < C; i++)
+                        m += x[i];
+                m /= (float) C;
+                for (int i = 0; i < C; i++) {
+                        float d = x[i] - m;
+                        v += d * d;
+                }
+                v /= (float) C;
+                float s = 1.0f / sqrtf(v + LN_EPS);
+                for (int i = 0; i < C; i++)
+                        o[i] = (x[i] - m) * s * weight[i] + bias[i];
+                mean[n] = m;
+                rstd[n] = s;
+        }
+}
+
+void nn_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                           const float *inp, const float *weight, const float *mean,
+                           const float *rstd, size_t N, int C) {
+        for (size_t n = 0; n < N; n++) {
+                const float *d = dout + n * C;
+                const float *x = inp + n * C;
+                float *dx = dinp + n * C;
+                float m = mean[n], s = rstd[n];
+                float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+
+                for (int i = 0; i < C; i++) {
+                        float norm = (x[i] - m) * s;
+                        float dnorm = weight[i] * d[i];
+                        dnorm_mean += dnorm;
+                        dnorm_norm_mean += dnorm * norm;
+                }
+                dnorm_mean /= (float) C;
+                dnorm_norm_mean /= (float) C;
+                for (int i = 0; i < C; i++) {
+                        float norm = (x[i] - m) * s;
+                        float dnorm = weight[i] * d[i];
+                        dbias[i] += d[i];
+                        dweight[i] += norm * d[i];
+                        dx[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+                }
+        }
+}
+
+void nn_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                       size_t N, int C, int OC) {
+        if (bias)
+                for (size_t n = 0; n < N; n++)
+                        memcpy(out + n * OC, bias, sizeof(float) * OC);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) N, OC, C, 1.0f, inp, C, weight,
+                    C, bias ? 1.0f : 0.0f, out, OC);
+}
+
+void nn_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, size_t N, int C, int OC) {
+        if (dinp)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) N, C, OC, 1.0f, dout,
+                            OC, weight, C, 0.0f, dinp, C);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, (int) N, 1.0f, dout, OC, inp,
+                    C, 1.0f, dweight, C);
+        if (dbias)
+                for (size_t n = 0; n < N; n++) {
+                        const float *d = dout + n * OC;
+                        for (int o = 0; o < OC; o++)
+                                dbias[o] += d[o];
+                }
+}
+
+/* Row i of a causal T×T score matrix: softmax over columns 0..i, zeros after. */
+static void causal_softmax_row(float *row, int i, int T) {
+        float mx = row[0];
+        for (int j = 1; j <= i; j++)
+                mx = row[j] > mx ? row[j] : mx;
+        float sum = 0.0f;
+        for (int j = 0; j <= i; j++) {
+                row[j] = exp_approx(row[j] - mx);
+                sum += row[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j <= i; j++)
+                row[j] *= inv;
+        for (int j = i + 1; j < T; j++)
+                row[j] = 0.0f;
+}
+
+void nn_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int H) {
+        int hs = C / H, C3 = 3 * C;
+        float scale = 1.0f / sqrtf((float) hs);
+
+        for (int b = 0; b < B; b++)
+                for (int h = 0; h < H; h++) {
+                        const float *q = qkv + (size_t) b * T * C3 + h * hs;
+                        const float *k = q + C;
+                        const float *v = q + 2 * C;
+                        float *a = att + ((size_t) b * H + h) * T * T;
+                        float *o = out + (size_t) b * T * C + h * hs;
+
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q,
+                                    C3, k, C3, 0.0f, a, T);
+                        for (int i = 0; i < T; i++)
+                                causal_softmax_row(a + (size_t) i * T, i, T);
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a,
+                                    T, v, C3, 0.0f, o, C);
+                }
+}
+
+void nn_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                           const float *att, int B, int T, int C, int H) {
+        int hs = C / H, C3 = 3 * C;
+        float scale = 1.0f / sqrtf((float) hs);
+
+        for (int b = 0; b < B; b++)
+                for (int h = 0; h < H; h++) {
+                        const float *q = qkv + (size_t) b * T * C3 + h * hs;
+                        const float *k = q + C;
+                        const float *v = q + 2 * C;
+                        float *dq = dqkv + (size_t) b * T * C3 + h * hs;
+                        float *dk = dq + C;
+                        float *dv = dq + 2 * C;
+                        const float *a = att + ((size_t) b * H + h) * T * T;
+                        const float *dy = dout + (size_t) b * T * C + h * hs;
+
+                        /* dP = dY V^T, dV = P^T dY */
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dy, C,
+                                    v, C3, 0.0f, datt, T);
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, a, T,
+                                    dy, C, 0.0f, dv, C3);
+                        /* softmax backward, in place: dS = P * (dP - rowsum(P * dP)) */
+                        for (int i = 0; i < T; i++) {
+                                const float *p = a + (size_t) i * T;
+                                float *d = datt + (size_t) i * T;
+                                float dot = 0.0f;
+                                for (int j = 0; j <= i; j++)
+                                        dot += p[j] * d[j];
+                                for (int j = 0; j <= i; j++)
+                                        d[j] = p[j] * (d[j] - dot);
+                                for (int j = i + 1; j < T; j++)
+                                        d[j] = 0.0f;
+                        }
+                        /* dQ = scale dS K, dK = scale dS^T Q */
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, scale,
+                                    datt, T, k, C3, 0.0f, dq, C3);
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, scale, datt,
+                                    T, q, C3, 0.0f, dk, C3);
+                }
+}
+
+/* gelu(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3);
+ * the sigmoid form avoids cancellation near zero. */
+void nn_gelu_forward(float *out, const float *inp, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                float x = inp[i];
+                float u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
+                out[i] = x / (1.0f + exp_approx(-2.0f * u));
+        }
+}
+
+void nn_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                float x = inp[i];
+                float u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
+                float sg = 1.0f / (1.0f + exp_approx(-2.0f * u));
+                float du = GELU_SCALE * (1.0f + 3.0f * GELU_CUBIC * x * x);
+                dinp[i] = dout[i] * (sg + x * sg * (1.0f - sg) * 2.0f * du);
+        }
+}
+
+void nn_residual_forward(float *out, const float *a, const float *b, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                out[i] = a[i] + b[i];
+}
+
+float nn_crossentropy_forward(float *probs, float *losses, const float *logits,
+                              const uint8_t *targets, size_t N, int V) {
+        double total = 0.0;
+
+        for (size_t n = 0; n < N; n++) {
+                const float *l = logits + n * V;
+                float *p = probs + n * V;
+                float mx = l[0];
+                for (int i = 1; i < V; i++)
+                        mx = l[i] > mx ? l[i] : mx;
+                float sum = 0.0f;
+                for (int i = 0; i < V; i++) {
+                        p[i] = exp_approx(l[i] - mx);
+                        sum += p[i];
+                }
+                float inv = 1.0f / sum;
+                for (int i = 0; i < V; i++)
+                        p[i] *= inv;
+                /* log-sum-exp form: exact for tiny probabilities, unlike -log(p) */
+                losses[n] = logf(sum) - (l[targets[n]] - mx);
+                total += losses[n];
+        }
+        return (float) (total / (double) N);
+}
+
+void nn_crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets,
+                              size_t N, int V, float scale) {
+        for (size_t n = 0; n < N; n++) {
+                const float *p = probs + n * V;
+                float *d = dlogits + n * V;
+                for (int i = 0; i < V; i++)
+                        d[i] = p[i] * scale;
+                d[targets[n]] -= scale;
+        }
+}
