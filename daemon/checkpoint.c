@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: MIT */
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "macros.h"
+#include "safetensors.h"
+
+#define N_META 10
+
+int ckpt_save(const char *path, const model *m, const adamw_state *opt, const ckpt_state *st) {
+        const model_layout *lay = &m->layout;
+        const model_config *cfg = &lay->cfg;
+        size_t n_views = lay->n_views, n = 0;
+        char names[2][MODEL_MAX_VIEWS][MODEL_NAME_MAX + 8];
+        char num[N_META][32];
+        _cleanup_free_ st_tensor *t = calloc(3 * n_views, sizeof(st_tensor));
+
+        if (!t)
+                return -ENOMEM;
+        for (size_t i = 0; i < n_views; i++) {
+                const model_view *v = &lay->views[i];
+                const float *src[3] = { m->params, opt ? opt->m : NULL, opt ? opt->v : NULL };
+                const char *name[3] = { v->name, names[0][i], names[1][i] };
+
+                snprintf(names[0][i], sizeof(names[0][i]), "optim.m.%s", v->name);
+                snprintf(names[1][i], sizeof(names[1][i]), "optim.v.%s", v->name);
+                for (int k = 0; k < 3; k++) {
+                        if (!src[k])
+                                continue;
+                        t[n] = (st_tensor) {
+                                .name = name[k],
+                                .dtype = ST_F32,
+                                .ndim = (unsigned) v->ndim,
+                                .shape = { (uint64_t) v->shape[0], (uint64_t) v->shape[1] },
+                                .data = src[k] + v->offset,
+                                .nbytes = v->numel * sizeof(float),
+                        };
+                        n++;
+                }
+        }
+        snprintf(num[0], sizeof(num[0]), "%d", cfg->block_size);
+        snprintf(num[1], sizeof(num[1]), "%d", cfg->n_embd);
+        snprintf(num[2], sizeof(num[2]), "%d", cfg->n_layer);
+        snprintf(num[3], sizeof(num[3]), "%d", cfg->n_head);
+        snprintf(num[4], sizeof(num[4]), "%ld", st->step);
+        snprintf(num[5], sizeof(num[5]), "%" PRIu64, st->data_cursor);
+        snprintf(num[6], sizeof(num[6]), "%" PRIu64, st->model_version);
+        snprintf(num[7], sizeof(num[7]), "%ld", opt ? opt->t : 0L);
+        const st_meta meta[] = {
+                { "format", CKPT_FORMAT }, { "config", cfg->name },   { "block_size", num[0] },
+                { "n_embd", num[1] },      { "n_layer", num[2] },     { "n_head", num[3] },
+                { "step", num[4] },        { "data_cursor", num[5] }, { "model_version", num[6] },
+                { "adam_t", num[7] },
+        };
+        return st_write(path, t, n, meta, ARRAY_SIZE(meta));
+}
+
+static int meta_u64(const st_file *f, const char *key, uint64_t max, uint64_t *ret) {
+        const char *s = st_meta_get(f, key);
+        char *end;
+
+        if (!s)
+                return log_error_errno(EBADMSG, "%s: metadata field '%s' missing", st_source(f), key);
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno || end == s || *end || s[0] == '-' || v > max)
+                return log_error_errno(EBADMSG, "%s: metadata field '%s' is not an integer in [0, %" PRIu64 "]: '%s'",
+                                       st_source(f), key, max, s);
+        *ret = v;
+        return 0;
+}
+
+static int config_from_meta(const st_file *f, model_config *cfg) {
+        const char *fmt = st_meta_get(f, "format"), *name = st_meta_get(f, "config");
+        uint64_t v[4];
+        static const char *const keys[4] = { "block_size", "n_embd", "n_layer", "n_head" };
+        int r;
+
+        if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0)
+                return log_error_errno(EBADMSG, "%s: metadata field 'format' is '%s', expected '%s'",
+                                       st_source(f), fmt ? fmt : "(missing)", CKPT_FORMAT);
+        for (int i = 0; i < 4; i++) {
+                r = meta_u64(f, keys[i], 1u << 16, &v[i]);
+                if (r < 0)
+                        return r;
+        }
+        memset(cfg, 0, sizeof(*cfg));
+        snprintf(cfg->name, sizeof(cfg->name), "%s", name ? name : "custom");
+        cfg->block_size = (int) v[0];
+        cfg->n_embd = (int) v[1];
+        cfg->n_layer = (int) v[2];
+        cfg->n_head = (int) v[3];
+        if (model_config_validate(cfg) < 0)
+                return log_error_errno(EBADMSG, "%s: metadata describes an invalid model (T=%d C=%d L=%d H=%d)",
+                                       st_source(f), cfg->block_size, cfg->n_embd, cfg->n_layer,
+                                       cfg->n_head);
+        return 0;
+}
+
+int ckpt_read_config(const char *path, model_config *ret_cfg) {
+        st_file *f = NULL;
+        int r = st_load(path, &f);
+
+        if (r < 0)
+                return r;
+        r = config_from_meta(f, ret_cfg);
+        st_free(f);
+        return r;
+}
+
+/* The tensor must exist as F32 with exactly the view's shape and hold only finite values. */
+static int check_tensor(const st_file *f, const char *name, const model_view *v,
+                        const st_tensor **ret) {
+        const st_tensor *t = st_find(f, name);
+
+        if (!t)
+                return log_error_errno(EBADMSG, "%s: tensor '%s' missing", st_source(f), name);
+        if (t->dtype != ST_F32)
+                return log_error_errno(EBADMSG, "%s: tensor '%s' has dtype %s, expected F32",
+                                       st_source(f), name, st_dtype_name(t->dtype));
+        if (t->ndim != (unsigned) v->ndim || t->shape[0] != (uint64_t) v->shape[0] ||
+            (v->ndim == 2 && t->shape[1] != (uint64_t) v->shape[1])) {
+                char got[160] = "", expected[32];
+                size_t len = 0;
+                for (unsigned d = 0; d < t->ndim && len < sizeof(got) - 24; d++)
+                        len += (size_t) snprintf(got + len, sizeof(got) - len, "%s%" PRIu64,
+                                                 d ? "," : "", t->shape[d]);
+                if (v->ndim == 2)
+                        snprintf(expected, sizeof(expected), "%d,%d", v->shape[0], v->shape[1]);
+                else
+                        snprintf(expected, sizeof(expected), "%d", v->shape[0]);
+                return log_error_errno(EBADMSG, "%s: tensor '%s' has shape [%s], expected [%s]",
+                                       st_source(f), name, got, expected);
+        }
+        for (size_t i = 0; i < v->numel; i++) {
+                float x;
+                memcpy(&x, (const char *) t->data + i * sizeof(float), sizeof(float));
+                if (!isfinite(x))
+                        return log_error_errno(EBADMSG, "%s: tensor '%s' holds a non-finite value at element %zu",
+                                               st_source(f), name, i);
+        }
+        *ret = t;
+        return 0;
+}
+
+int ckpt_load(const char *path, model *m, adamw_state *opt, ckpt_state *ret_state) {
+        const model_layout *lay = &m->layout;
+        const model_config *want = &lay->cfg;
+        const st_tensor *found[3][MODEL_MAX_VIEWS];
+        st_file *f = NULL;
+        model_config cfg;
+        uint64_t step, cursor, version, adam_t;
+        int r;
+
+        r = st_load(path, &f);
+        if (r < 0)
+                return r;
+        r = config_from_meta(f, &cfg);
+        if (r < 0)
+                goto out;
+        if (cfg.block_size != want->block_size || cfg.n_embd != want->n_embd ||
+            cfg.n_layer != want->n_layer || cfg.n_head != want->n_head) {
+                r = log_error_errno(EBADMSG, "%s: model is T=%d C=%d L=%d H=%d, expected %s (T=%d C=%d L=%d H=%d)",
+                                    path, cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.n_head,
+                                    want->name, want->block_size, want->n_embd, want->n_layer,
+                                    want->n_head);
+                goto out;
+        }
+        if ((r = meta_u64(f, "step", INT64_MAX, &step)) < 0 ||
+            (r = meta_u64(f, "data_cursor", UINT64_MAX, &cursor)) < 0 ||
+            (r = meta_u64(f, "model_version", UINT64_MAX, &version)) < 0 ||
+            (r = meta_u64(f, "adam_t", INT64_MAX, &adam_t)) < 0)
+                goto out;
+
+        for (size_t i = 0; i < lay->n_views; i++) {
+                const model_view *v = &lay->views[i];
+                char name[MODEL_NAME_MAX + 16];
+
+                r = check_tensor(f, v->name, v, &found[0][i]);
+                if (r < 0)
+                        goto out;
+                for (int k = 1; opt && k < 3; k++) {
+                        snprintf(name, sizeof(name), "optim.%c.%s", k == 1 ? 'm' : 'v', v->name);
+                        r = check_tensor(f, name, v, &found[k][i]);
+                        if (r < 0)
+                                goto out;
+                }
+        }
+
+        /* all valid: only now touch the caller's state */
+        for (size_t i = 0; i < lay->n_views; i++) {
+                const model_view *v = &lay->views[i];
+                memcpy(m->params + v->offset, found[0][i]->data, v->numel * sizeof(float));
+                if (opt) {
+                        memcpy(opt->m + v->offset, found[1][i]->data, v->numel * sizeof(float));
+                        memcpy(opt->v + v->offset, found[2][i]->data, v->numel * sizeof(float));
+                }
+        }
+        if (opt)
+                opt->t = (long) adam_t;
+        if (ret_state)
+                *ret_state = (ckpt_state) {
+                        .step = (long) step,
+                        .data_cursor = cursor,
+                        .model_version = version,
+                };
+        r = 0;
+out:
+        st_free(f);
+        return r;
+}

@@ -1,0 +1,337 @@
+/* SPDX-License-Identifier: MIT */
+/* edged: the command line. The policy-driven service mode arrives with the daemon loop;
+ * today it trains in the foreground and samples from checkpoints. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "checkpoint.h"
+#include "log.h"
+#include "macros.h"
+#include "model.h"
+#include "sample.h"
+#include "train.h"
+
+#define EDGED_VERSION "0.1.0"
+
+static void usage(FILE *f) {
+        fprintf(f,
+                "Usage: edged COMMAND [OPTIONS]\n"
+                "\n"
+                "Trains a small byte-level language model in a machine's spare CPU time.\n"
+                "\n"
+                "Commands:\n"
+                "  train    train in the foreground on local files (resumes from --checkpoint)\n"
+                "  sample   generate text from a checkpoint\n"
+                "\n"
+                "Run 'edged COMMAND --help' for a command's options.\n"
+                "  -h, --help       show this help\n"
+                "  -V, --version    show the version\n");
+}
+
+static void usage_train(FILE *f) {
+        fprintf(f,
+                "Usage: edged train --data PATH [--data PATH...] [OPTIONS]\n"
+                "\n"
+                "Trains without any idleness policy, showing progress, and resumes from\n"
+                "--checkpoint when it exists. Ctrl-C saves the checkpoint and stops.\n"
+                "\n"
+                "  --data PATH            file or directory of training text (repeatable)\n"
+                "  --config NAME          tiny, small (default) or medium\n"
+                "  --steps N              total optimizer steps to reach (default 1000)\n"
+                "  --checkpoint FILE      safetensors checkpoint to resume from and save to\n"
+                "  --checkpoint-every N   also save every N steps (default 200; 0 = at the end)\n"
+                "  --batch B              sequences per micro-batch (default 8)\n"
+                "  --seq T                sequence length (default: the model's block size)\n"
+                "  --accum N              micro-batches per optimizer step (default 1)\n"
+                "  --lr LR                peak learning rate (default 1e-3)\n"
+                "  --lr-min LR            final learning rate of the cosine schedule (default 1e-4)\n"
+                "  --warmup N             warmup steps (default 50)\n"
+                "  --eval-every N         held-out loss every N steps (default: at the end)\n"
+                "  --threads N            BLAS threads (default: all CPUs)\n"
+                "  --seed N               initialisation and data order (default 1)\n"
+                "  --sample-tokens N      bytes of sample text printed at the end (default 200)\n"
+                "  --progress=auto|line|log  progress display (default auto: a line on a TTY)\n");
+}
+
+static void usage_sample(FILE *f) {
+        fprintf(f,
+                "Usage: edged sample --checkpoint FILE [OPTIONS] [PROMPT]\n"
+                "\n"
+                "  --checkpoint FILE   model to sample from\n"
+                "  --tokens N          bytes to generate (default 200)\n"
+                "  --temperature T     0 = greedy (default 0.8)\n"
+                "  --top-k K           sample among the K likeliest bytes (default 40; 0 = all)\n"
+                "  --seed N            random seed (default 1)\n");
+}
+
+/* Parses a whole decimal number in [min, max]; names the option on error. */
+static int parse_long(const char *opt, const char *s, long min, long max, long *ret) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno || end == s || *end || v < min || v > max) {
+                log_error("%s: '%s' is not a whole number in [%ld, %ld]", opt, s, min, max);
+                return -EINVAL;
+        }
+        *ret = v;
+        return 0;
+}
+
+static int parse_float(const char *opt, const char *s, float min, float max, float *ret) {
+        char *end;
+        errno = 0;
+        float v = strtof(s, &end);
+        if (errno || end == s || *end || !(v >= min && v <= max)) {
+                log_error("%s: '%s' is not a number in [%g, %g]", opt, s, (double) min, (double) max);
+                return -EINVAL;
+        }
+        *ret = v;
+        return 0;
+}
+
+enum {
+        OPT_DATA = 0x100,
+        OPT_CONFIG,
+        OPT_STEPS,
+        OPT_CHECKPOINT,
+        OPT_CHECKPOINT_EVERY,
+        OPT_BATCH,
+        OPT_SEQ,
+        OPT_ACCUM,
+        OPT_LR,
+        OPT_LR_MIN,
+        OPT_WARMUP,
+        OPT_EVAL_EVERY,
+        OPT_THREADS,
+        OPT_SEED,
+        OPT_SAMPLE_TOKENS,
+        OPT_PROGRESS,
+        OPT_TOKENS,
+        OPT_TEMPERATURE,
+        OPT_TOP_K,
+};
+
+static int cmd_train(int argc, char **argv) {
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "data", required_argument, NULL, OPT_DATA },
+                { "config", required_argument, NULL, OPT_CONFIG },
+                { "steps", required_argument, NULL, OPT_STEPS },
+                { "checkpoint", required_argument, NULL, OPT_CHECKPOINT },
+                { "checkpoint-every", required_argument, NULL, OPT_CHECKPOINT_EVERY },
+                { "batch", required_argument, NULL, OPT_BATCH },
+                { "seq", required_argument, NULL, OPT_SEQ },
+                { "accum", required_argument, NULL, OPT_ACCUM },
+                { "lr", required_argument, NULL, OPT_LR },
+                { "lr-min", required_argument, NULL, OPT_LR_MIN },
+                { "warmup", required_argument, NULL, OPT_WARMUP },
+                { "eval-every", required_argument, NULL, OPT_EVAL_EVERY },
+                { "threads", required_argument, NULL, OPT_THREADS },
+                { "seed", required_argument, NULL, OPT_SEED },
+                { "sample-tokens", required_argument, NULL, OPT_SAMPLE_TOKENS },
+                { "progress", required_argument, NULL, OPT_PROGRESS },
+                {}
+        };
+        _cleanup_free_ char **data = calloc((size_t) argc, sizeof(char *));
+        trainer_opts o;
+        long v;
+        int c, r = 0;
+
+        if (!data)
+                return log_error_errno(ENOMEM, "out of memory");
+        trainer_opts_default(&o);
+        o.data_paths = data;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        usage_train(stdout);
+                        return 0;
+                case OPT_DATA:
+                        data[o.n_data_paths++] = optarg;
+                        break;
+                case OPT_CONFIG:
+                        o.config = optarg;
+                        break;
+                case OPT_CHECKPOINT:
+                        o.checkpoint = optarg;
+                        break;
+                case OPT_STEPS:
+                        r = parse_long("--steps", optarg, 0, LONG_MAX / 2, &o.steps);
+                        break;
+                case OPT_CHECKPOINT_EVERY:
+                        r = parse_long("--checkpoint-every", optarg, 0, LONG_MAX, &o.checkpoint_every);
+                        break;
+                case OPT_WARMUP:
+                        r = parse_long("--warmup", optarg, 0, LONG_MAX / 2, &o.warmup);
+                        break;
+                case OPT_EVAL_EVERY:
+                        r = parse_long("--eval-every", optarg, 0, LONG_MAX, &o.eval_every);
+                        break;
+                case OPT_BATCH:
+                        r = parse_long("--batch", optarg, 1, 4096, &v);
+                        o.batch = (int) v;
+                        break;
+                case OPT_SEQ:
+                        r = parse_long("--seq", optarg, 1, 8192, &v);
+                        o.seq = (int) v;
+                        break;
+                case OPT_ACCUM:
+                        r = parse_long("--accum", optarg, 1, 4096, &v);
+                        o.accum = (int) v;
+                        break;
+                case OPT_THREADS:
+                        r = parse_long("--threads", optarg, 0, 1024, &v);
+                        o.threads = (int) v;
+                        break;
+                case OPT_SEED:
+                        r = parse_long("--seed", optarg, 0, LONG_MAX, &v);
+                        o.seed = (uint64_t) v;
+                        break;
+                case OPT_SAMPLE_TOKENS:
+                        r = parse_long("--sample-tokens", optarg, 0, 1 << 20, &v);
+                        o.sample_tokens = (int) v;
+                        break;
+                case OPT_LR:
+                        r = parse_float("--lr", optarg, 0.0f, 10.0f, &o.lr);
+                        break;
+                case OPT_LR_MIN:
+                        r = parse_float("--lr-min", optarg, 0.0f, 10.0f, &o.lr_min);
+                        break;
+                case OPT_PROGRESS:
+                        if (strcmp(optarg, "auto") == 0)
+                                o.progress = -1;
+                        else if (strcmp(optarg, "log") == 0)
+                                o.progress = 0;
+                        else if (strcmp(optarg, "line") == 0)
+                                o.progress = 1;
+                        else {
+                                log_error("--progress: '%s' is not auto, line or log", optarg);
+                                r = -EINVAL;
+                        }
+                        break;
+                default:
+                        return 2;
+                }
+                if (r < 0)
+                        return 2;
+        }
+        if (optind < argc) {
+                log_error("edged train: unexpected argument '%s' (data paths go after --data)", argv[optind]);
+                return 2;
+        }
+        if (o.n_data_paths == 0) {
+                log_error("edged train: --data PATH is required (e.g. --data /usr/share/common-licenses)");
+                return 2;
+        }
+        if (o.warmup > o.steps)
+                o.warmup = o.steps;
+        return trainer_run(&o) < 0 ? 1 : 0;
+}
+
+static int cmd_sample(int argc, char **argv) {
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "checkpoint", required_argument, NULL, OPT_CHECKPOINT },
+                { "tokens", required_argument, NULL, OPT_TOKENS },
+                { "temperature", required_argument, NULL, OPT_TEMPERATURE },
+                { "top-k", required_argument, NULL, OPT_TOP_K },
+                { "seed", required_argument, NULL, OPT_SEED },
+                {}
+        };
+        sample_opts so = { .temperature = 0.8f, .top_k = 40, .seed = 1 };
+        const char *path = NULL, *prompt = "";
+        long n_tokens = 200, v;
+        model_config cfg;
+        model *m = NULL;
+        sampler *s = NULL;
+        int c, r = 0;
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        usage_sample(stdout);
+                        return 0;
+                case OPT_CHECKPOINT:
+                        path = optarg;
+                        break;
+                case OPT_TOKENS:
+                        r = parse_long("--tokens", optarg, 1, 1 << 20, &n_tokens);
+                        break;
+                case OPT_TEMPERATURE:
+                        r = parse_float("--temperature", optarg, 0.0f, 100.0f, &so.temperature);
+                        break;
+                case OPT_TOP_K:
+                        r = parse_long("--top-k", optarg, 0, MODEL_VOCAB, &v);
+                        so.top_k = (int) v;
+                        break;
+                case OPT_SEED:
+                        r = parse_long("--seed", optarg, 0, LONG_MAX, &v);
+                        so.seed = (uint64_t) v;
+                        break;
+                default:
+                        return 2;
+                }
+                if (r < 0)
+                        return 2;
+        }
+        if (!path) {
+                log_error("edged sample: --checkpoint FILE is required");
+                return 2;
+        }
+        if (optind < argc)
+                prompt = argv[optind++];
+        if (optind < argc) {
+                log_error("edged sample: one PROMPT only (quote it)");
+                return 2;
+        }
+        if (ckpt_read_config(path, &cfg) < 0)
+                return 1;
+        blas_set_threads(1);
+        if (model_new(&cfg, 1, 1, &m) < 0 || ckpt_load(path, m, NULL, NULL) < 0 ||
+            sampler_new(m, &s) < 0) {
+                model_free(m);
+                return 1;
+        }
+        _cleanup_free_ uint8_t *out = malloc((size_t) n_tokens);
+        size_t plen = strlen(prompt);
+        if (plen >= (size_t) cfg.block_size) {
+                log_error("edged sample: the prompt is longer than the model's %d-byte window", cfg.block_size);
+                r = -EINVAL;
+        } else if (out) {
+                r = sample_generate(s, (const uint8_t *) prompt, plen, out, (size_t) n_tokens, &so);
+                if (r >= 0) {
+                        fwrite(prompt, 1, plen, stdout);
+                        fwrite(out, 1, (size_t) r, stdout);
+                        putchar('\n');
+                }
+        }
+        sampler_free(s);
+        model_free(m);
+        return r < 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+        if (argc < 2) {
+                usage(stderr);
+                return 2;
+        }
+        if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+                usage(stdout);
+                return 0;
+        }
+        if (strcmp(argv[1], "-V") == 0 || strcmp(argv[1], "--version") == 0) {
+                printf("edged %s\n", EDGED_VERSION);
+                return 0;
+        }
+        if (strcmp(argv[1], "train") == 0)
+                return cmd_train(argc - 1, argv + 1);
+        if (strcmp(argv[1], "sample") == 0)
+                return cmd_sample(argc - 1, argv + 1);
+        log_error("edged: unknown command '%s'; see 'edged --help'", argv[1]);
+        return 2;
+}
