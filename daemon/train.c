@@ -141,7 +141,7 @@ typedef struct {
 } progress;
 
 static void progress_report(progress *p, const trainer_opts *o, long step, float loss, float val,
-                            float lr, long tokens_per_step, bool force) {
+                            float lr, long tokens_per_step) {
         double now = now_sec();
         char eta[32];
 
@@ -155,17 +155,15 @@ static void progress_report(progress *p, const trainer_opts *o, long step, float
         format_duration(per_step * (double) (o->steps - step), eta, sizeof(eta));
 
         if (p->tty) {
-                if (!force && now - p->last_print < 0.1)
+                if (now - p->last_print < 0.1 && step < o->steps)
                         return;
-                fprintf(stderr, "\r\033[Kstep %ld/%ld  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %s",
-                        step, o->steps, loss, "", lr, p->tok_per_sec, eta);
+                fprintf(stderr, "\r\033[Kstep %ld/%ld  loss %.4f  lr %.2e  %.0f tok/s  ETA %s",
+                        step, o->steps, loss, lr, p->tok_per_sec, eta);
                 if (isfinite(val))
                         fprintf(stderr, "  val %.4f", val);
-                if (force)
-                        fputc('\n', stderr);
         } else {
                 long every = MAX(1L, o->steps / 20);
-                if (!force && step % every != 0 && now - p->last_print < 30.0)
+                if (step % every != 0 && now - p->last_print < 30.0)
                         return;
                 fprintf(stderr, "step %ld/%ld loss %.4f lr %.2e %.0f tok/s ETA %s", step,
                         o->steps, loss, lr, p->tok_per_sec, eta);
@@ -284,7 +282,7 @@ int trainer_run(const trainer_opts *o) {
                 bool eval = o->eval_every > 0 && cs.step % o->eval_every == 0;
                 if (eval)
                         val = validation_loss(m, &data, B, T, tok, tgt);
-                progress_report(&prog, o, cs.step, loss, val, lr, tokens_per_step, false);
+                progress_report(&prog, o, cs.step, loss, val, lr, tokens_per_step);
                 if (o->checkpoint && o->checkpoint_every > 0 && cs.step % o->checkpoint_every == 0 &&
                     cs.step < o->steps) {
                         r = ckpt_save(o->checkpoint, m, &opt, &cs);
@@ -293,11 +291,12 @@ int trainer_run(const trainer_opts *o) {
                 }
         }
         m->yield = NULL;
-        if (stop_requested)
-                fprintf(stderr, "\n");
         val = validation_loss(m, &data, B, T, tok, tgt);
-        if (isfinite(loss))
-                progress_report(&prog, o, cs.step, loss, val, lr_at(&sched, cs.step), 0, true);
+        if (prog.tty)
+                fputc('\n', stderr);
+        char took[32];
+        format_duration(now_sec() - prog.start, took, sizeof(took));
+        log_info("step %ld: training loss %.4f, held-out loss %.4f (%s)", cs.step, loss, val, took);
         if (o->checkpoint) {
                 r = ckpt_save(o->checkpoint, m, &opt, &cs);
                 if (r < 0)
