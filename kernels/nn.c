@@ -5,6 +5,16 @@
 #include <math.h>
 #include <string.h>
 
+#include "macros.h"
+
+/* Hot loops get an AVX2+FMA clone picked at load time, so the portable build still runs
+ * them at full width on the machines that can. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NN_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define NN_HOT
+#endif
+
 #define LN_EPS 1e-5f
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_CUBIC 0.044715f
@@ -30,6 +40,30 @@ static inline float exp_approx(float x) {
                 float f;
         } scale = { .i = ((int32_t) n + 127) << 23 };
         return p * scale.f;
+}
+
+/* Reductions in 8 independent lanes: the compiler may not reorder float sums itself, and a
+ * single accumulator would serialise on the add latency. */
+static inline float sum_floats(const float *x, size_t n) {
+        float acc[8] = { 0 };
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+                for (int l = 0; l < 8; l++)
+                        acc[l] += x[i + l];
+        for (; i < n; i++)
+                acc[0] += x[i];
+        return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+static inline float dot_floats(const float *x, const float *y, size_t n) {
+        float acc[8] = { 0 };
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+                for (int l = 0; l < 8; l++)
+                        acc[l] += x[i + l] * y[i + l];
+        for (; i < n; i++)
+                acc[0] += x[i] * y[i];
+        return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 float nn_expf(float x) {
@@ -62,7 +96,7 @@ void nn_encoder_backward(float *dwte, float *dwpe, const float *dout, const uint
                 }
 }
 
-void nn_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+NN_HOT void nn_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                           const float *weight, const float *bias, size_t N, int C) {
         for (size_t n = 0; n < N; n++) {
                 const float *x = inp + n * C;
@@ -84,7 +118,7 @@ void nn_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
         }
 }
 
-void nn_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+NN_HOT void nn_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *weight, const float *mean,
                            const float *rstd, size_t N, int C) {
         for (size_t n = 0; n < N; n++) {
@@ -136,24 +170,26 @@ void nn_matmul_backward(float *dinp, float *dweight, float *dbias, const float *
                 }
 }
 
-/* Row i of a causal T×T score matrix: softmax over columns 0..i, zeros after. */
-static void causal_softmax_row(float *row, int i, int T) {
+/* Row i of a causal score matrix: softmax over columns 0..i, zeros up to n. */
+static void causal_softmax_row(float *row, int i, int n) {
         float mx = row[0];
         for (int j = 1; j <= i; j++)
                 mx = row[j] > mx ? row[j] : mx;
-        float sum = 0.0f;
-        for (int j = 0; j <= i; j++) {
+        for (int j = 0; j <= i; j++)
                 row[j] = exp_approx(row[j] - mx);
-                sum += row[j];
-        }
-        float inv = 1.0f / sum;
+        float inv = 1.0f / sum_floats(row, (size_t) i + 1);
         for (int j = 0; j <= i; j++)
                 row[j] *= inv;
-        for (int j = i + 1; j < T; j++)
+        for (int j = i + 1; j < n; j++)
                 row[j] = 0.0f;
 }
 
-void nn_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int H) {
+/* Attention works on row blocks of ATT_BLOCK queries: block r only needs keys 0..end of the
+ * block, so the masked upper triangle is never computed (about half the work at T = 512). */
+#define ATT_BLOCK 64
+
+NN_HOT void nn_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
+                                 int H) {
         int hs = C / H, C3 = 3 * C;
         float scale = 1.0f / sqrtf((float) hs);
 
@@ -165,17 +201,22 @@ void nn_attention_forward(float *out, float *att, const float *qkv, int B, int T
                         float *a = att + ((size_t) b * H + h) * T * T;
                         float *o = out + (size_t) b * T * C + h * hs;
 
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q,
-                                    C3, k, C3, 0.0f, a, T);
-                        for (int i = 0; i < T; i++)
-                                causal_softmax_row(a + (size_t) i * T, i, T);
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a,
-                                    T, v, C3, 0.0f, o, C);
+                        for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+                                int rows = MIN(ATT_BLOCK, T - i0), n = i0 + rows;
+                                float *ab = a + (size_t) i0 * T;
+
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hs,
+                                            scale, q + (size_t) i0 * C3, C3, k, C3, 0.0f, ab, T);
+                                for (int i = 0; i < rows; i++)
+                                        causal_softmax_row(ab + (size_t) i * T, i0 + i, n);
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, n,
+                                            1.0f, ab, T, v, C3, 0.0f, o + (size_t) i0 * C, C);
+                        }
                 }
 }
 
-void nn_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                           const float *att, int B, int T, int C, int H) {
+NN_HOT void nn_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                  const float *att, int B, int T, int C, int H) {
         int hs = C / H, C3 = 3 * C;
         float scale = 1.0f / sqrtf((float) hs);
 
@@ -190,57 +231,74 @@ void nn_attention_backward(float *dqkv, float *datt, const float *dout, const fl
                         const float *a = att + ((size_t) b * H + h) * T * T;
                         const float *dy = dout + (size_t) b * T * C + h * hs;
 
-                        /* dP = dY V^T, dV = P^T dY */
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dy, C,
-                                    v, C3, 0.0f, datt, T);
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, a, T,
-                                    dy, C, 0.0f, dv, C3);
-                        /* softmax backward, in place: dS = P * (dP - rowsum(P * dP)) */
-                        for (int i = 0; i < T; i++) {
-                                const float *p = a + (size_t) i * T;
-                                float *d = datt + (size_t) i * T;
-                                float dot = 0.0f;
-                                for (int j = 0; j <= i; j++)
-                                        dot += p[j] * d[j];
-                                for (int j = 0; j <= i; j++)
-                                        d[j] = p[j] * (d[j] - dot);
-                                for (int j = i + 1; j < T; j++)
-                                        d[j] = 0.0f;
+                        /* dK and dV collect contributions from every row block below them */
+                        for (int t = 0; t < T; t++) {
+                                memset(dk + (size_t) t * C3, 0, (size_t) hs * sizeof(float));
+                                memset(dv + (size_t) t * C3, 0, (size_t) hs * sizeof(float));
                         }
-                        /* dQ = scale dS K, dK = scale dS^T Q */
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, scale,
-                                    datt, T, k, C3, 0.0f, dq, C3);
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, scale, datt,
-                                    T, q, C3, 0.0f, dk, C3);
+                        for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+                                int rows = MIN(ATT_BLOCK, T - i0), n = i0 + rows;
+                                const float *ab = a + (size_t) i0 * T;
+                                const float *dyb = dy + (size_t) i0 * C;
+
+                                /* dP = dY V^T, dV += P^T dY */
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hs,
+                                            1.0f, dyb, C, v, C3, 0.0f, datt, n);
+                                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, hs, rows,
+                                            1.0f, ab, T, dyb, C, 1.0f, dv, C3);
+                                /* softmax backward: dS = P * (dP - rowsum(P * dP)) */
+                                for (int i = 0; i < rows; i++) {
+                                        const float *p = ab + (size_t) i * T;
+                                        float *d = datt + (size_t) i * n;
+                                        int last = i0 + i;
+                                        float dot = dot_floats(p, d, (size_t) last + 1);
+                                        for (int j = 0; j <= last; j++)
+                                                d[j] = p[j] * (d[j] - dot);
+                                        for (int j = last + 1; j < n; j++)
+                                                d[j] = 0.0f;
+                                }
+                                /* dQ = scale dS K, dK += scale dS^T Q */
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, n,
+                                            scale, datt, n, k, C3, 0.0f, dq + (size_t) i0 * C3, C3);
+                                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, hs, rows,
+                                            scale, datt, n, q + (size_t) i0 * C3, C3, 1.0f, dk, C3);
+                        }
                 }
 }
 
-/* gelu(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3);
- * the sigmoid form avoids cancellation near zero. */
-void nn_gelu_forward(float *out, const float *inp, size_t n) {
+/* gelu(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3). The
+ * sigmoid goes through exp(-|z|) <= 1 so no lane ever divides by a huge number: that would
+ * make subnormal results, which cost a microcode assist per element on some CPUs. */
+static inline float sigmoid(float z) {
+        float e = exp_approx(-fabsf(z));
+        float s = 1.0f / (1.0f + e);
+        return z >= 0.0f ? s : e * s;
+}
+
+NN_HOT void nn_gelu_forward(float *out, const float *inp, size_t n) {
         for (size_t i = 0; i < n; i++) {
                 float x = inp[i];
                 float u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
-                out[i] = x / (1.0f + exp_approx(-2.0f * u));
+                out[i] = x * sigmoid(2.0f * u);
         }
 }
 
-void nn_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+NN_HOT void nn_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
         for (size_t i = 0; i < n; i++) {
                 float x = inp[i];
                 float u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
-                float sg = 1.0f / (1.0f + exp_approx(-2.0f * u));
+                float sg = sigmoid(2.0f * u);
                 float du = GELU_SCALE * (1.0f + 3.0f * GELU_CUBIC * x * x);
                 dinp[i] = dout[i] * (sg + x * sg * (1.0f - sg) * 2.0f * du);
         }
 }
 
-void nn_residual_forward(float *out, const float *a, const float *b, size_t n) {
+NN_HOT void nn_residual_forward(float *out, const float *a, const float *b, size_t n) {
         for (size_t i = 0; i < n; i++)
                 out[i] = a[i] + b[i];
 }
 
-float nn_crossentropy_forward(float *probs, float *losses, const float *logits,
+NN_HOT float nn_crossentropy_forward(float *probs, float *losses, const float *logits,
                               const uint8_t *targets, size_t N, int V) {
         double total = 0.0;
 

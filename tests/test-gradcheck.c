@@ -12,8 +12,9 @@
 #include "model.h"
 #include "rng.h"
 
+/* T spans several attention row blocks (64 rows each), the last one partial */
 #define B 2
-#define T 24
+#define T 150
 #define N_COORDS 400
 #define FD_EPS 1e-2f
 /* Central differences in float32 carry O(eps^2) truncation and ~1e-7 * loss / eps rounding
@@ -32,7 +33,7 @@ static double loss_at(model *m, const uint8_t *tok, const uint8_t *tgt) {
 }
 
 static void test_gradcheck(void **state) {
-        model_config cfg = { .name = "custom", .block_size = 32, .n_embd = 32, .n_layer = 2, .n_head = 4 };
+        model_config cfg = { .name = "custom", .block_size = 160, .n_embd = 32, .n_layer = 2, .n_head = 4 };
         uint8_t tok[B * T], tgt[B * T];
         model *m;
         rng_t rng;
