@@ -328,8 +328,10 @@ int main(int argc, char **argv) {
                 printf("edged %s\n", EDGED_VERSION);
                 return 0;
         }
-        if (strcmp(argv[1], "train") == 0)
+        if (strcmp(argv[1], "train") == 0) {
+                blas_choose_kernel(argv);
                 return cmd_train(argc - 1, argv + 1);
+        }
         if (strcmp(argv[1], "sample") == 0)
                 return cmd_sample(argc - 1, argv + 1);
         log_error("edged: unknown command '%s'; see 'edged --help'", argv[1]);

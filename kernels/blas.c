@@ -3,6 +3,46 @@
 
 #include <cblas.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define REEXEC_MARK "EDGED_BLAS_REEXEC"
+
+static char origin[160] = "detected by OpenBLAS";
+
+void blas_choose_kernel(char **argv) {
+        const char *wanted = getenv("EDGED_BLAS_CORETYPE");
+        const char *current = getenv("OPENBLAS_CORETYPE");
+        const char *why = getenv(REEXEC_MARK);
+
+        if (why) {
+                snprintf(origin, sizeof(origin), "%s", why);
+                unsetenv(REEXEC_MARK);
+                return;
+        }
+        if (wanted && *wanted) {
+                snprintf(origin, sizeof(origin), "EDGED_BLAS_CORETYPE=%s", wanted);
+                if (current && strcmp(current, wanted) == 0)
+                        return;
+                setenv("OPENBLAS_CORETYPE", wanted, 1);
+        } else {
+                if (!current)
+                        return;
+                snprintf(origin, sizeof(origin),
+                         "detected by OpenBLAS (dropped inherited OPENBLAS_CORETYPE=%s)", current);
+                unsetenv("OPENBLAS_CORETYPE");
+        }
+        setenv(REEXEC_MARK, origin, 1);
+        execv("/proc/self/exe", argv);
+        /* no /proc: run with the kernel we have, and say so */
+        unsetenv(REEXEC_MARK);
+        snprintf(origin, sizeof(origin), "inherited (re-exec failed)");
+}
+
+const char *blas_kernel_origin(void) {
+        return origin;
+}
 
 void blas_set_threads(int n) {
         openblas_set_num_threads(n);
@@ -17,7 +57,8 @@ const char *blas_kernel(void) {
 }
 
 const char *blas_describe(void) {
-        static char buf[256];
-        snprintf(buf, sizeof(buf), "%s, kernel %s", openblas_get_config(), openblas_get_corename());
+        static char buf[384];
+        snprintf(buf, sizeof(buf), "%s; kernel %s, %s", openblas_get_config(),
+                 openblas_get_corename(), origin);
         return buf;
 }

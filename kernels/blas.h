@@ -1,7 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-/* The BLAS the kernels run on: thread count and a description for status and benchmarks. */
+/* The BLAS the kernels run on: kernel choice, thread count, and a description for status
+ * and benchmarks. */
+
+/* OpenBLAS picks its CPU kernel when it is loaded, from OPENBLAS_CORETYPE or by detecting
+ * the CPU. A value inherited from a login environment can pin a much slower kernel (e.g.
+ * Haswell on an AVX-512 machine), so programs call this first thing in main(): with
+ * EDGED_BLAS_CORETYPE set (the admin's explicit choice) that kernel is used; otherwise an
+ * inherited OPENBLAS_CORETYPE is dropped so OpenBLAS detects the CPU itself. Either change
+ * needs a re-exec, which happens at most once. Returns only if no re-exec was needed or it
+ * failed. */
+void blas_choose_kernel(char **argv);
+/* Why the kernel is what it is, e.g. "detected by OpenBLAS (dropped inherited
+ * OPENBLAS_CORETYPE=Haswell)"; for logs and benchmark output. */
+const char *blas_kernel_origin(void);
 
 void blas_set_threads(int n);
 int blas_get_threads(void);
