@@ -27,26 +27,11 @@
 #include "rng.h"
 #include "safetensors.h"
 #include "train.h"
-
-static char tmpdir[] = "/tmp/test-checkpoint.XXXXXX";
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-        return remove(path);
-}
+#include "test-files.h"
 
 static int setup_group(void **state) {
         blas_set_threads(1);
-        return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static int teardown_group(void **state) {
-        return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static char *tmp_path(const char *name) {
-        char *p;
-        assert_true(asprintf(&p, "%s/%s", tmpdir, name) > 0);
-        return p;
+        return test_tmpdir_create("test-checkpoint");
 }
 
 static const model_config small_cfg = { .name = "custom", .block_size = 16, .n_embd = 16, .n_layer = 2, .n_head = 2 };
@@ -77,7 +62,7 @@ static void trained(model **ret_m, adamw_state *opt, uint64_t seed) {
 }
 
 static void test_round_trip_bit_exact(void **state) {
-        _cleanup_free_ char *path = tmp_path("rt.safetensors");
+        _cleanup_free_ char *path = test_tmp_path("rt.safetensors");
         ckpt_state st = { .step = 1234567, .data_cursor = 0xfedcba9876543210ULL, .model_version = 42 };
         ckpt_state got;
         adamw_state opt, opt2;
@@ -163,9 +148,9 @@ static void read_all(const char *path, void **buf, size_t *size) {
 
 /* Interrupted and resumed training must produce the very same bytes as training straight. */
 static void test_resume_identical(void **state) {
-        _cleanup_free_ char *dir = tmp_path("data"), *text = tmp_path("data/words.txt");
-        _cleanup_free_ char *straight = tmp_path("straight.safetensors");
-        _cleanup_free_ char *resumed = tmp_path("resumed.safetensors");
+        _cleanup_free_ char *dir = test_tmp_path("data"), *text = test_tmp_path("data/words.txt");
+        _cleanup_free_ char *straight = test_tmp_path("straight.safetensors");
+        _cleanup_free_ char *resumed = test_tmp_path("resumed.safetensors");
         _cleanup_free_ void *a = NULL, *b = NULL;
         size_t na, nb;
 
@@ -199,8 +184,7 @@ typedef void (*mutate_fn)(st_tensor *t, size_t n, st_meta *meta, size_t n_meta);
 /* Rewrites a valid checkpoint with one change, then checks ckpt_load refuses it, says
  * 'expect' on stderr, and leaves the model as it was. */
 static void expect_rejected(mutate_fn mutate, const char *expect) {
-        _cleanup_free_ char *good = tmp_path("good.safetensors"), *bad = tmp_path("bad.safetensors");
-        _cleanup_free_ char *logpath = tmp_path("stderr.txt");
+        _cleanup_free_ char *good = test_tmp_path("good.safetensors"), *bad = test_tmp_path("bad.safetensors");
         ckpt_state st = { .step = 3 };
         adamw_state opt, opt2;
         model *m, *m2;
@@ -229,19 +213,9 @@ static void expect_rejected(mutate_fn mutate, const char *expect) {
         _cleanup_free_ float *before = malloc(m2->layout.n_params * sizeof(float));
         memcpy(before, m2->params, m2->layout.n_params * sizeof(float));
 
-        fflush(stderr);
-        int saved = dup(STDERR_FILENO);
-        int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        dup2(fd, STDERR_FILENO);
+        test_capture_begin();
         int r = ckpt_load(bad, m2, &opt2, NULL);
-        fflush(stderr);
-        dup2(saved, STDERR_FILENO);
-        close(saved);
-        close(fd);
-
-        _cleanup_free_ void *msg = NULL;
-        size_t len;
-        read_all(logpath, &msg, &len);
+        _cleanup_free_ char *msg = test_capture_end();
         printf("rejected: %s", (char *) msg);
         assert_int_equal(r, -EBADMSG);
         assert_non_null(strstr(msg, "bad.safetensors"));
@@ -321,7 +295,7 @@ static void test_bad_format(void **s) {
 /* Byte-level damage to a real checkpoint: every truncation point and a sweep of flipped
  * header bytes are refused (or, for harmless whitespace, accepted) without a crash. */
 static void test_damaged_bytes(void **state) {
-        _cleanup_free_ char *good = tmp_path("dmg.safetensors"), *bad = tmp_path("dmg-bad.safetensors");
+        _cleanup_free_ char *good = test_tmp_path("dmg.safetensors"), *bad = test_tmp_path("dmg-bad.safetensors");
         _cleanup_free_ void *buf = NULL;
         ckpt_state st = { .step = 1 };
         adamw_state opt;
@@ -367,5 +341,5 @@ int main(void) {
                 cmocka_unit_test(test_bad_format),
                 cmocka_unit_test(test_damaged_bytes),
         };
-        return cmocka_run_group_tests(tests, setup_group, teardown_group);
+        return cmocka_run_group_tests(tests, setup_group, test_tmpdir_remove);
 }

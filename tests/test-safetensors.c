@@ -24,25 +24,10 @@
 #include "log.h"
 #include "macros.h"
 #include "safetensors.h"
-
-static char tmpdir[] = "/tmp/test-safetensors.XXXXXX";
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-        return remove(path);
-}
+#include "test-files.h"
 
 static int setup_group(void **state) {
-        return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static int teardown_group(void **state) {
-        return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static char *path_in_tmp(const char *name) {
-        char *p;
-        assert_true(asprintf(&p, "%s/%s", tmpdir, name) > 0);
-        return p;
+        return test_tmpdir_create("test-safetensors");
 }
 
 /* Number of entries in dir (without . and ..); names concatenated into *names if given. */
@@ -66,39 +51,6 @@ static int count_entries(const char *dir, char *names, size_t size) {
         }
         closedir(d);
         return n;
-}
-
-/* ---- stderr capture -------------------------------------------------------------- */
-
-static int capture_saved = -1;
-static FILE *capture_file;
-
-static void capture_begin(void) {
-        fflush(stderr);
-        capture_file = tmpfile();
-        assert_non_null(capture_file);
-        capture_saved = dup(STDERR_FILENO);
-        assert_true(capture_saved >= 0);
-        assert_true(dup2(fileno(capture_file), STDERR_FILENO) >= 0);
-}
-
-/* Returns what was written to stderr since capture_begin (malloc'd). */
-static char *capture_end(void) {
-        char *buf;
-        long n;
-
-        fflush(stderr);
-        assert_true(dup2(capture_saved, STDERR_FILENO) >= 0);
-        close(capture_saved);
-        capture_saved = -1;
-        n = lseek(fileno(capture_file), 0, SEEK_END);
-        assert_true(n >= 0);
-        buf = calloc(1, (size_t) n + 1);
-        assert_non_null(buf);
-        assert_int_equal(pread(fileno(capture_file), buf, (size_t) n, 0), n);
-        fclose(capture_file);
-        capture_file = NULL;
-        return buf;
 }
 
 static unsigned count_lines(const char *s) {
@@ -143,9 +95,9 @@ static void expect_bad(const void *buf, size_t size, const char *substr) {
         st_file *f = NULL;
         int r;
 
-        capture_begin();
+        test_capture_begin();
         r = st_parse(buf, size, "bad.st", &f);
-        log = capture_end();
+        log = test_capture_end();
         if (r != -EBADMSG)
                 fail_msg("expected -EBADMSG for \"%s\", got %d (log \"%s\")", substr, r, log);
         assert_null(f);
@@ -232,8 +184,8 @@ static void test_roundtrip(void **state) {
                 { "model", "small \"quoted\"\nnewline \xc3\xa9" },
                 { "empty", "" },
         };
-        _cleanup_free_ char *path = path_in_tmp("rt.safetensors");
-        _cleanup_free_ char *dir = path_in_tmp("rt");
+        _cleanup_free_ char *path = test_tmp_path("rt.safetensors");
+        _cleanup_free_ char *dir = test_tmp_path("rt");
         _cleanup_free_ char *path2 = NULL;
         char names[512];
         struct stat st;
@@ -512,33 +464,33 @@ static void test_reject_header(void **state) {
 }
 
 static void test_load_errors(void **state) {
-        _cleanup_free_ char *missing = path_in_tmp("missing.st"), *empty = path_in_tmp("empty.st"),
-                            *trunc = path_in_tmp("trunc.st"), *log = NULL;
+        _cleanup_free_ char *missing = test_tmp_path("missing.st"), *empty = test_tmp_path("empty.st"),
+                            *trunc = test_tmp_path("trunc.st"), *log = NULL;
         uint8_t data[16];
         st_tensor t = { .name = "w", .dtype = ST_U8, .ndim = 1, .shape = { 16 }, .data = data, .nbytes = 16 };
         st_file *f = NULL;
         int r, fd;
 
-        capture_begin();
+        test_capture_begin();
         r = st_load(missing, &f);
-        log = capture_end();
+        log = test_capture_end();
         assert_int_equal(r, -ENOENT);
         assert_one_error(log, missing, "cannot open: No such file or directory");
         free(log);
 
-        capture_begin();
-        r = st_load(tmpdir, &f);
-        log = capture_end();
+        test_capture_begin();
+        r = st_load(test_tmpdir, &f);
+        log = test_capture_end();
         assert_int_equal(r, -EISDIR);
-        assert_one_error(log, tmpdir, "not a regular file");
+        assert_one_error(log, test_tmpdir, "not a regular file");
         free(log);
 
         fd = open(empty, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
         assert_true(fd >= 0);
         close(fd);
-        capture_begin();
+        test_capture_begin();
         r = st_load(empty, &f);
-        log = capture_end();
+        log = test_capture_end();
         assert_int_equal(r, -EBADMSG);
         assert_one_error(log, empty, "file is empty");
         free(log);
@@ -552,9 +504,9 @@ static void test_load_errors(void **state) {
         struct stat st;
         assert_int_equal(stat(trunc, &st), 0);
         assert_int_equal(truncate(trunc, st.st_size - 1), 0);
-        capture_begin();
+        test_capture_begin();
         r = st_load(trunc, &f);
-        log = capture_end();
+        log = test_capture_end();
         assert_int_equal(r, -EBADMSG);
         assert_null(f);
         assert_one_error(log, trunc, "tensor 'w': data_offsets [0, 16] past end of data (size 15");
@@ -562,17 +514,17 @@ static void test_load_errors(void **state) {
 
         /* Cut to 5 bytes. */
         assert_int_equal(truncate(trunc, 5), 0);
-        capture_begin();
+        test_capture_begin();
         r = st_load(trunc, &f);
-        log = capture_end();
+        log = test_capture_end();
         assert_int_equal(r, -EBADMSG);
         assert_one_error(log, trunc, "file too short (5 bytes");
         /* 'log' freed by cleanup */
 }
 
 static void test_write_errors(void **state) {
-        _cleanup_free_ char *bad = path_in_tmp("no-such-dir/x.safetensors"), *nodir = path_in_tmp("no-such-dir"),
-                            *dir = path_in_tmp("werr"), *target = NULL, *file = NULL, *log = NULL;
+        _cleanup_free_ char *bad = test_tmp_path("no-such-dir/x.safetensors"), *nodir = test_tmp_path("no-such-dir"),
+                            *dir = test_tmp_path("werr"), *target = NULL, *file = NULL, *log = NULL;
         float v[4] = { 1, 2, 3, 4 };
         st_tensor t[2] = {
                 { .name = "w", .dtype = ST_F32, .ndim = 1, .shape = { 4 }, .data = v, .nbytes = 16 },
@@ -584,22 +536,22 @@ static void test_write_errors(void **state) {
         assert_int_equal(mkdir(dir, 0755), 0);
 
         /* Directory missing: error, nothing created. */
-        int before = count_entries(tmpdir, NULL, 0);
-        capture_begin();
+        int before = count_entries(test_tmpdir, NULL, 0);
+        test_capture_begin();
         r = st_write(bad, t, 2, NULL, 0);
-        log = capture_end();
+        log = test_capture_end();
         assert_int_equal(r, -ENOENT);
         assert_one_error(log, bad, "cannot create temporary file: No such file or directory");
         assert_int_equal(stat(nodir, &st), -1);
-        assert_int_equal(count_entries(tmpdir, NULL, 0), before);
+        assert_int_equal(count_entries(test_tmpdir, NULL, 0), before);
         free(log);
 
         /* Target is a directory: the rename fails, the temp file is removed. */
         assert_true(asprintf(&target, "%s/isdir.st", dir) > 0);
         assert_int_equal(mkdir(target, 0755), 0);
-        capture_begin();
+        test_capture_begin();
         r = st_write(target, t, 2, NULL, 0);
-        log = capture_end();
+        log = test_capture_end();
         assert_int_equal(r, -EISDIR);
         assert_int_equal(count_lines(log), 1);
         assert_true(strstr(log, "cannot commit"));
@@ -623,9 +575,9 @@ static void test_write_errors(void **state) {
         lim.rlim_cur = 65536 + 3; /* odd, so writev returns a short count first */
         void (*old_sig)(int) = signal(SIGXFSZ, SIG_IGN);
         assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
-        capture_begin();
+        test_capture_begin();
         r = st_write(keep, &tb, 1, NULL, 0);
-        log = capture_end();
+        log = test_capture_end();
         assert_int_equal(setrlimit(RLIMIT_FSIZE, &old_lim), 0);
         signal(SIGXFSZ, old_sig);
         assert_int_equal(r, -EFBIG);
@@ -674,9 +626,9 @@ static void test_write_errors(void **state) {
                         tt[0].nbytes = 0;
                         break;
                 }
-                capture_begin();
+                test_capture_begin();
                 r = st_write(file, tt, 2, m, 2);
-                log = capture_end();
+                log = test_capture_end();
                 assert_int_equal(r, -EINVAL);
                 assert_one_error(log, file, cases[i].msg);
                 free(log);
@@ -686,7 +638,7 @@ static void test_write_errors(void **state) {
 }
 
 static void test_fileio(void **state) {
-        _cleanup_free_ char *p = path_in_tmp("fileio.bin"), *dir = path_in_tmp("fio"), *tmp = NULL,
+        _cleanup_free_ char *p = test_tmp_path("fileio.bin"), *dir = test_tmp_path("fio"), *tmp = NULL,
                             *names = NULL;
         _cleanup_free_ uint8_t *src = malloc(3000 * 7), *back = NULL;
         _cleanup_free_ struct iovec *iov = calloc(3001, sizeof(struct iovec));
@@ -772,7 +724,7 @@ static uint64_t rnd(void) {
 }
 
 static void test_fuzz(void **state) {
-        _cleanup_free_ char *path = path_in_tmp("fuzz.st");
+        _cleanup_free_ char *path = test_tmp_path("fuzz.st");
         _cleanup_free_ uint8_t *orig = NULL;
         float w[6] = { 1, 2, 3, 4, 5, 6 };
         int32_t ids[3] = { 7, 8, 9 };
@@ -827,9 +779,9 @@ static void test_fuzz(void **state) {
                 free(buf);
 
                 st_file *f = NULL;
-                capture_begin();
+                test_capture_begin();
                 int r = st_parse(exact, size, "fuzz", &f);
-                char *log = capture_end();
+                char *log = test_capture_end();
                 if (r == 0) {
                         ok++;
                         assert_string_equal(log, "");
@@ -880,5 +832,5 @@ int main(void) {
                 cmocka_unit_test(test_fileio),
                 cmocka_unit_test(test_fuzz),
         };
-        return cmocka_run_group_tests(tests, setup_group, teardown_group);
+        return cmocka_run_group_tests(tests, setup_group, test_tmpdir_remove);
 }
