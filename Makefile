@@ -50,6 +50,7 @@ BENCH_SRCS := $(wildcard bench/*.c)
 BENCHES := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 PROGRAMS := $(BUILD)/edged
 
+.SECONDARY:
 .PHONY: all check demo bench deps ensure-deps format analyze clean run-tests run-demo run-bench
 
 all: $(PROGRAMS)

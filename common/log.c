@@ -17,18 +17,18 @@ int log_get_max_level(void) {
 
 int log_full_errno(int level, int error, const char *fmt, ...) {
         int e = error < 0 ? -error : error;
+        int saved = errno;
+        va_list ap;
 
-        if (level <= max_level) {
-                int saved = errno;
-                va_list ap;
-
-                va_start(ap, fmt);
-                /* %m in the format refers to the error we were given, not to a stale errno. */
-                errno = e;
-                vfprintf(stderr, fmt, ap);
-                va_end(ap);
-                fputc('\n', stderr);
-                errno = saved;
-        }
+        if (level > max_level)
+                return -e;
+        va_start(ap, fmt);
+        /* %m in the format refers to the error we were given, not to a stale errno. */
+        errno = e;
+        /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): va_start is just above */
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+        errno = saved;
         return -e;
 }

@@ -13,8 +13,15 @@ int log_get_max_level(void);
 /* Logs the message and returns -abs(error), so callers can "return log_error_errno(r, ...)". */
 int log_full_errno(int level, int error, const char *fmt, ...) _printf_(3, 4);
 
-#define log_error_errno(e, ...) log_full_errno(LOG_LEVEL_ERR, (e), __VA_ARGS__)
-#define log_warning_errno(e, ...) log_full_errno(LOG_LEVEL_WARNING, (e), __VA_ARGS__)
+/* Expanded inline so that callers (and static analysers) see the result is negative. */
+#define log_errno_at(level, e, ...)                                                                \
+        ({                                                                                         \
+                int _e = (e) < 0 ? -(e) : (e);                                                     \
+                log_full_errno((level), _e, __VA_ARGS__);                                          \
+                -_e;                                                                               \
+        })
+#define log_error_errno(e, ...) log_errno_at(LOG_LEVEL_ERR, (e), __VA_ARGS__)
+#define log_warning_errno(e, ...) log_errno_at(LOG_LEVEL_WARNING, (e), __VA_ARGS__)
 #define log_error(...) ((void) log_full_errno(LOG_LEVEL_ERR, 0, __VA_ARGS__))
 #define log_warning(...) ((void) log_full_errno(LOG_LEVEL_WARNING, 0, __VA_ARGS__))
 #define log_info(...) ((void) log_full_errno(LOG_LEVEL_INFO, 0, __VA_ARGS__))

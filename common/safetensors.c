@@ -207,7 +207,7 @@ static int build_header(const char *path, const st_tensor *tensors, size_t n_ten
                                 goto fail;
                         }
                 e = json_pack("{s:s, s:o, s:[I, I]}", "dtype", dtypes[t->dtype].name, "shape", shape,
-                              "data_offsets", (json_int_t) offset, (json_int_t) (offset + nbytes));
+                              "data_offsets", (json_int_t) offset, (json_int_t) offset + (json_int_t) nbytes);
                 if (!e)
                         goto fail;
                 if (json_object_set_new(root, t->name, e) < 0) {

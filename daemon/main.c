@@ -139,7 +139,7 @@ static int cmd_train(int argc, char **argv) {
         };
         _cleanup_free_ char **data = calloc((size_t) argc, sizeof(char *));
         trainer_opts o;
-        long v;
+        long v = 0;
         int c, r = 0;
 
         if (!data)
@@ -245,7 +245,7 @@ static int cmd_sample(int argc, char **argv) {
         };
         sample_opts so = { .temperature = 0.8f, .top_k = 40, .seed = 1 };
         const char *path = NULL, *prompt = "";
-        long n_tokens = 200, v;
+        long n_tokens = 200, v = 0;
         model_config cfg;
         model *m = NULL;
         sampler *s = NULL;

@@ -87,7 +87,7 @@ static int pick_config(const trainer_opts *o, model_config *cfg) {
         } else if (have_ckpt)
                 *cfg = from_ckpt;
         else
-                model_config_by_name("small", cfg);
+                return model_config_by_name("small", cfg);
         return 0;
 }
 
@@ -176,7 +176,7 @@ static void progress_report(progress *p, const trainer_opts *o, long step, float
 
 int trainer_run(const trainer_opts *o) {
         _cleanup_free_ uint8_t *tok = NULL, *tgt = NULL;
-        model_config cfg;
+        model_config cfg = { 0 };
         model *m = NULL;
         adamw_state opt = { 0 };
         adamw_hparams hp;
@@ -188,7 +188,7 @@ int trainer_run(const trainer_opts *o) {
         if (r < 0)
                 return r;
         T = o->seq > 0 ? o->seq : cfg.block_size;
-        if (T > cfg.block_size || B < 1 || o->accum < 1)
+        if (T < 1 || T > cfg.block_size || B < 1 || o->accum < 1)
                 return log_error_errno(EINVAL, "--seq must be at most %d for '%s', --batch and --accum at least 1",
                                        cfg.block_size, cfg.name);
 
@@ -266,7 +266,6 @@ int trainer_run(const trainer_opts *o) {
                 }
                 if (r == -ECANCELED) {
                         cursor = saved; /* the interrupted step never happened */
-                        r = 0;
                         break;
                 }
                 if (r < 0)

@@ -308,15 +308,15 @@ NN_HOT float nn_crossentropy_forward(float *probs, float *losses, const float *l
                 float mx = l[0];
                 for (int i = 1; i < V; i++)
                         mx = l[i] > mx ? l[i] : mx;
-                float sum = 0.0f;
-                for (int i = 0; i < V; i++) {
+                for (int i = 0; i < V; i++)
                         p[i] = exp_approx(l[i] - mx);
-                        sum += p[i];
-                }
+                /* >= 1: the maximum's own term is exp(0) */
+                float sum = sum_floats(p, (size_t) V);
                 float inv = 1.0f / sum;
                 for (int i = 0; i < V; i++)
                         p[i] *= inv;
                 /* log-sum-exp form: exact for tiny probabilities, unlike -log(p) */
+                // cppcheck-suppress invalidFunctionArg
                 losses[n] = logf(sum) - (l[targets[n]] - mx);
                 total += losses[n];
         }

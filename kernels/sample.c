@@ -166,8 +166,8 @@ uint8_t sampler_pick(float *logits, const sample_opts *opts, rng_t *rng) {
 
 int sample_generate(sampler *s, const uint8_t *prompt, size_t prompt_len, uint8_t *out,
                     size_t n_out, const sample_opts *opts) {
+        static const uint8_t newline[1] = { '\n' };
         float logits[MODEL_VOCAB];
-        uint8_t start = '\n';
         rng_t rng;
         size_t n = 0;
         int r;
@@ -176,7 +176,7 @@ int sample_generate(sampler *s, const uint8_t *prompt, size_t prompt_len, uint8_
         sampler_reset(s);
         /* An empty prompt starts from a newline, the most common document boundary. */
         if (prompt_len == 0) {
-                prompt = &start;
+                prompt = newline;
                 prompt_len = 1;
         }
         for (size_t i = 0; i < prompt_len; i++) {
