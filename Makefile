@@ -105,12 +105,12 @@ run-tests: $(PROGRAMS) $(TESTS)
 
 DEMO_DIR ?= $(BUILD)/demo
 DEMO_DATA ?= /usr/share/common-licenses
-DEMO_STEPS ?= 400
+DEMO_STEPS ?= 2000
 run-demo: $(PROGRAMS)
 	@mkdir -p $(DEMO_DIR)
 	@rm -f $(DEMO_DIR)/demo.safetensors
-	$(BUILD)/edged train --data $(DEMO_DATA) --config tiny --steps $(DEMO_STEPS) \
-		--checkpoint $(DEMO_DIR)/demo.safetensors
+	$(BUILD)/edged train --data $(DEMO_DATA) --config tiny --steps $(DEMO_STEPS) --batch 16 \
+		--lr 3e-3 --warmup 50 --eval-every 250 --checkpoint $(DEMO_DIR)/demo.safetensors
 
 BENCH_ARGS ?=
 run-bench: $(BENCHES)
