@@ -58,7 +58,7 @@ const char *blas_kernel(void) {
 
 const char *blas_describe(void) {
         static char buf[384];
-        snprintf(buf, sizeof(buf), "%s; kernel %s, %s", openblas_get_config(),
-                 openblas_get_corename(), origin);
+        /* the config string already names the kernel */
+        snprintf(buf, sizeof(buf), "%s (%s)", openblas_get_config(), origin);
         return buf;
 }
