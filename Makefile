@@ -126,7 +126,7 @@ analyze: ensure-deps
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 		--inline-suppr --suppress=missingIncludeSystem -Icommon -Ikernels -Idaemon \
 		common kernels daemon tests bench
-	clang-tidy --quiet $(LIB_SRCS) daemon/main.c -- -std=gnu11 -D_GNU_SOURCE -Icommon -Ikernels \
+	clang-tidy --quiet $(LIB_SRCS) daemon/main.c $(BENCH_SRCS) -- -std=gnu11 -D_GNU_SOURCE -Icommon -Ikernels \
 		-Idaemon $(PC_CFLAGS)
 
 clean:

@@ -9,7 +9,7 @@
 
 #define REEXEC_MARK "EDGED_BLAS_REEXEC"
 
-static char origin[160] = "detected by OpenBLAS";
+static char origin[160];
 
 void blas_choose_kernel(char **argv) {
         const char *wanted = getenv("EDGED_BLAS_CORETYPE");
@@ -30,7 +30,7 @@ void blas_choose_kernel(char **argv) {
                 if (!current)
                         return;
                 snprintf(origin, sizeof(origin),
-                         "detected by OpenBLAS (dropped inherited OPENBLAS_CORETYPE=%s)", current);
+                         "detected by OpenBLAS; dropped inherited OPENBLAS_CORETYPE=%s", current);
                 unsetenv("OPENBLAS_CORETYPE");
         }
         setenv(REEXEC_MARK, origin, 1);
@@ -41,6 +41,15 @@ void blas_choose_kernel(char **argv) {
 }
 
 const char *blas_kernel_origin(void) {
+        const char *env = getenv("OPENBLAS_CORETYPE");
+
+        /* blas_choose_kernel was not called (tests, say): describe what OpenBLAS saw */
+        if (!origin[0]) {
+                if (env)
+                        snprintf(origin, sizeof(origin), "OPENBLAS_CORETYPE=%s from the environment", env);
+                else
+                        snprintf(origin, sizeof(origin), "detected by OpenBLAS");
+        }
         return origin;
 }
 
@@ -59,6 +68,6 @@ const char *blas_kernel(void) {
 const char *blas_describe(void) {
         static char buf[384];
         /* the config string already names the kernel */
-        snprintf(buf, sizeof(buf), "%s (%s)", openblas_get_config(), origin);
+        snprintf(buf, sizeof(buf), "%s (%s)", openblas_get_config(), blas_kernel_origin());
         return buf;
 }

@@ -12,8 +12,8 @@
  * needs a re-exec, which happens at most once. Returns only if no re-exec was needed or it
  * failed. */
 void blas_choose_kernel(char **argv);
-/* Why the kernel is what it is, e.g. "detected by OpenBLAS (dropped inherited
- * OPENBLAS_CORETYPE=Haswell)"; for logs and benchmark output. */
+/* Why the kernel is what it is, e.g. "detected by OpenBLAS; dropped inherited
+ * OPENBLAS_CORETYPE=Haswell"; for logs and benchmark output. */
 const char *blas_kernel_origin(void);
 
 void blas_set_threads(int n);
