@@ -21,7 +21,8 @@
 
 /* Tensor data is written and exposed as the host's in-memory bytes; the format is
  * little-endian. */
-_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors I/O assumes a little-endian host");
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "safetensors I/O assumes a little-endian host");
 
 #define ST_METADATA_KEY "__metadata__"
 
@@ -129,7 +130,9 @@ static int build_header(const char *path, const st_tensor *tensors, size_t n_ten
                 }
                 for (size_t i = 0; i < n_meta; i++) {
                         if (!meta[i].key || !meta[i].value) {
-                                r = log_error_errno(EINVAL, "%s: metadata entry %zu has no key or value", path, i);
+                                r = log_error_errno(EINVAL,
+                                                    "%s: metadata entry %zu has no key or value",
+                                                    path, i);
                                 goto fail;
                         }
                         if (json_object_get(md, meta[i].key)) {
@@ -139,13 +142,15 @@ static int build_header(const char *path, const st_tensor *tensors, size_t n_ten
                         }
                         json_t *v = json_string(meta[i].value);
                         if (!v) {
-                                r = log_error_errno(EINVAL, "%s: metadata key '%s': value is not valid UTF-8",
-                                                    path, esc(meta[i].key, eb));
+                                r = log_error_errno(
+                                        EINVAL, "%s: metadata key '%s': value is not valid UTF-8",
+                                        path, esc(meta[i].key, eb));
                                 goto fail;
                         }
                         if (json_object_set_new(md, meta[i].key, v) < 0) {
-                                r = log_error_errno(EINVAL, "%s: metadata key '%s' is not valid UTF-8", path,
-                                                    esc(meta[i].key, eb));
+                                r = log_error_errno(EINVAL,
+                                                    "%s: metadata key '%s' is not valid UTF-8",
+                                                    path, esc(meta[i].key, eb));
                                 goto fail;
                         }
                 }
@@ -161,16 +166,18 @@ static int build_header(const char *path, const st_tensor *tensors, size_t n_ten
                         goto fail;
                 }
                 if (strcmp(t->name, ST_METADATA_KEY) == 0) {
-                        r = log_error_errno(EINVAL, "%s: tensor name '%s' is reserved", path, t->name);
+                        r = log_error_errno(EINVAL, "%s: tensor name '%s' is reserved", path,
+                                            t->name);
                         goto fail;
                 }
                 if (json_object_get(root, t->name)) {
-                        r = log_error_errno(EINVAL, "%s: duplicate tensor name '%s'", path, esc(t->name, eb));
+                        r = log_error_errno(EINVAL, "%s: duplicate tensor name '%s'", path,
+                                            esc(t->name, eb));
                         goto fail;
                 }
                 if ((unsigned) t->dtype >= _ST_DTYPE_MAX) {
-                        r = log_error_errno(EINVAL, "%s: tensor '%s': invalid dtype %d", path, esc(t->name, eb),
-                                            (int) t->dtype);
+                        r = log_error_errno(EINVAL, "%s: tensor '%s': invalid dtype %d", path,
+                                            esc(t->name, eb), (int) t->dtype);
                         goto fail;
                 }
                 if (t->ndim > ST_MAX_DIMS) {
@@ -180,21 +187,26 @@ static int build_header(const char *path, const st_tensor *tensors, size_t n_ten
                 }
                 for (unsigned d = 0; d < t->ndim; d++)
                         if (t->shape[d] > (uint64_t) ST_JSON_INT_MAX) {
-                                r = log_error_errno(EINVAL, "%s: tensor '%s': shape[%u] too large", path,
-                                                    esc(t->name, eb), d);
+                                r = log_error_errno(EINVAL, "%s: tensor '%s': shape[%u] too large",
+                                                    path, esc(t->name, eb), d);
                                 goto fail;
                         }
-                if (tensor_nbytes(t->dtype, t->ndim, t->shape, &nbytes) < 0 || nbytes != t->nbytes) {
-                        r = log_error_errno(EINVAL, "%s: tensor '%s': nbytes %" PRIu64 " does not match dtype and shape",
+                if (tensor_nbytes(t->dtype, t->ndim, t->shape, &nbytes) < 0 ||
+                    nbytes != t->nbytes) {
+                        r = log_error_errno(EINVAL,
+                                            "%s: tensor '%s': nbytes %" PRIu64
+                                            " does not match dtype and shape",
                                             path, esc(t->name, eb), t->nbytes);
                         goto fail;
                 }
                 if (nbytes > 0 && !t->data) {
-                        r = log_error_errno(EINVAL, "%s: tensor '%s' has no data", path, esc(t->name, eb));
+                        r = log_error_errno(EINVAL, "%s: tensor '%s' has no data", path,
+                                            esc(t->name, eb));
                         goto fail;
                 }
                 if (nbytes > (uint64_t) ST_JSON_INT_MAX - offset) {
-                        r = log_error_errno(EFBIG, "%s: tensor '%s': data too large", path, esc(t->name, eb));
+                        r = log_error_errno(EFBIG, "%s: tensor '%s': data too large", path,
+                                            esc(t->name, eb));
                         goto fail;
                 }
 
@@ -202,12 +214,14 @@ static int build_header(const char *path, const st_tensor *tensors, size_t n_ten
                 if (!shape)
                         goto fail;
                 for (unsigned d = 0; d < t->ndim; d++)
-                        if (json_array_append_new(shape, json_integer((json_int_t) t->shape[d])) < 0) {
+                        if (json_array_append_new(shape, json_integer((json_int_t) t->shape[d])) <
+                            0) {
                                 json_decref(shape);
                                 goto fail;
                         }
-                e = json_pack("{s:s, s:o, s:[I, I]}", "dtype", dtypes[t->dtype].name, "shape", shape,
-                              "data_offsets", (json_int_t) offset, (json_int_t) offset + (json_int_t) nbytes);
+                e = json_pack("{s:s, s:o, s:[I, I]}", "dtype", dtypes[t->dtype].name, "shape",
+                              shape, "data_offsets", (json_int_t) offset,
+                              (json_int_t) offset + (json_int_t) nbytes);
                 if (!e)
                         goto fail;
                 if (json_object_set_new(root, t->name, e) < 0) {
@@ -246,8 +260,8 @@ int st_write(const char *path, const st_tensor *tensors, size_t n_tensors, const
         json_len = strlen(json);
         header_len = (json_len + 7) & ~(size_t) 7;
         if (header_len > ST_MAX_HEADER)
-                return log_error_errno(EFBIG, "%s: header of %zu bytes exceeds the maximum of %u", path,
-                                       header_len, ST_MAX_HEADER);
+                return log_error_errno(EFBIG, "%s: header of %zu bytes exceeds the maximum of %u",
+                                       path, header_len, ST_MAX_HEADER);
         header = malloc(8 + header_len);
         iov = calloc(n_tensors + 1, sizeof(struct iovec));
         if (!header || !iov)
@@ -261,7 +275,8 @@ int st_write(const char *path, const st_tensor *tensors, size_t n_tensors, const
         iov[n_iov++] = (struct iovec){ header, 8 + header_len };
         for (size_t i = 0; i < n_tensors; i++)
                 if (tensors[i].nbytes > 0)
-                        iov[n_iov++] = (struct iovec){ (void *) tensors[i].data, tensors[i].nbytes };
+                        iov[n_iov++] =
+                                (struct iovec){ (void *) tensors[i].data, tensors[i].nbytes };
 
         r = atomic_file_open(path, 0644, &tmp, &fd);
         if (r < 0)
@@ -328,10 +343,11 @@ static int parse_metadata(st_file *f, json_t *md, const char *what) {
         f->meta = calloc(MAX(json_object_size(md), 1), sizeof(st_meta));
         if (!f->meta)
                 return log_error_errno(ENOMEM, "%s: out of memory", what);
-        json_object_foreach (md, key, v) {
+        json_object_foreach(md, key, v) {
                 if (!json_is_string(v))
-                        return log_error_errno(EBADMSG, "%s: " ST_METADATA_KEY " key '%s': value is not a string",
-                                               what, esc(key, eb));
+                        return log_error_errno(
+                                EBADMSG, "%s: " ST_METADATA_KEY " key '%s': value is not a string",
+                                what, esc(key, eb));
                 st_meta *m = &f->meta[f->n_meta];
                 m->key = strdup(key);
                 m->value = strdup(json_string_value(v));
@@ -350,8 +366,8 @@ static int parse_u64(json_t *v, uint64_t *ret) {
         return 0;
 }
 
-static int parse_tensor(st_tensor *t, const char *name, json_t *e, uint64_t data_size, const char *what,
-                        uint64_t *ret_begin) {
+static int parse_tensor(st_tensor *t, const char *name, json_t *e, uint64_t data_size,
+                        const char *what, uint64_t *ret_begin) {
         json_t *dtype = NULL, *shape = NULL, *offsets = NULL, *v;
         const char *key;
         char eb[ESC_MAX], eb2[ESC_MAX], sb[256];
@@ -362,9 +378,10 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *e, uint64_t data
                 return log_error_errno(EBADMSG, "%s: tensor with an empty name", what);
         name = esc(name, eb);
         if (!json_is_object(e))
-                return log_error_errno(EBADMSG, "%s: tensor '%s': entry is not an object", what, name);
+                return log_error_errno(EBADMSG, "%s: tensor '%s': entry is not an object", what,
+                                       name);
 
-        json_object_foreach (e, key, v) {
+        json_object_foreach(e, key, v) {
                 if (strcmp(key, "dtype") == 0)
                         dtype = v;
                 else if (strcmp(key, "shape") == 0)
@@ -372,14 +389,15 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *e, uint64_t data
                 else if (strcmp(key, "data_offsets") == 0)
                         offsets = v;
                 else
-                        return log_error_errno(EBADMSG, "%s: tensor '%s': unknown key '%s'", what, name,
-                                               esc(key, eb2));
+                        return log_error_errno(EBADMSG, "%s: tensor '%s': unknown key '%s'", what,
+                                               name, esc(key, eb2));
         }
 
         if (!dtype)
                 return log_error_errno(EBADMSG, "%s: tensor '%s': missing dtype", what, name);
         if (!json_is_string(dtype))
-                return log_error_errno(EBADMSG, "%s: tensor '%s': dtype is not a string", what, name);
+                return log_error_errno(EBADMSG, "%s: tensor '%s': dtype is not a string", what,
+                                       name);
         if (dtype_from_name(json_string_value(dtype), &t->dtype) < 0)
                 return log_error_errno(EBADMSG, "%s: tensor '%s': unknown dtype '%s'", what, name,
                                        esc(json_string_value(dtype), eb2));
@@ -387,40 +405,51 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *e, uint64_t data
         if (!shape)
                 return log_error_errno(EBADMSG, "%s: tensor '%s': missing shape", what, name);
         if (!json_is_array(shape))
-                return log_error_errno(EBADMSG, "%s: tensor '%s': shape is not an array", what, name);
+                return log_error_errno(EBADMSG, "%s: tensor '%s': shape is not an array", what,
+                                       name);
         if (json_array_size(shape) > ST_MAX_DIMS)
-                return log_error_errno(EBADMSG, "%s: tensor '%s': shape has %zu dimensions (max %d)", what,
+                return log_error_errno(EBADMSG,
+                                       "%s: tensor '%s': shape has %zu dimensions (max %d)", what,
                                        name, json_array_size(shape), ST_MAX_DIMS);
         t->ndim = (unsigned) json_array_size(shape);
-        json_array_foreach (shape, i, v)
-                if (parse_u64(v, &t->shape[i]) < 0)
-                        return log_error_errno(EBADMSG, "%s: tensor '%s': shape[%zu] is not a non-negative integer",
-                                               what, name, i);
+        json_array_foreach(shape, i, v) if (parse_u64(v, &t->shape[i]) < 0) return log_error_errno(
+                EBADMSG, "%s: tensor '%s': shape[%zu] is not a non-negative integer", what, name,
+                i);
         if (tensor_nbytes(t->dtype, t->ndim, t->shape, &need) < 0) {
                 format_shape(t, sb, sizeof sb);
-                return log_error_errno(EBADMSG, "%s: tensor '%s': shape %s overflows 64 bits", what, name, sb);
+                return log_error_errno(EBADMSG, "%s: tensor '%s': shape %s overflows 64 bits", what,
+                                       name, sb);
         }
 
         if (!offsets)
-                return log_error_errno(EBADMSG, "%s: tensor '%s': missing data_offsets", what, name);
+                return log_error_errno(EBADMSG, "%s: tensor '%s': missing data_offsets", what,
+                                       name);
         if (!json_is_array(offsets) || json_array_size(offsets) != 2)
-                return log_error_errno(EBADMSG, "%s: tensor '%s': data_offsets is not an array of two integers",
-                                       what, name);
-        if (parse_u64(json_array_get(offsets, 0), &begin) < 0 || parse_u64(json_array_get(offsets, 1), &end) < 0)
-                return log_error_errno(EBADMSG, "%s: tensor '%s': data_offsets are not non-negative integers",
-                                       what, name);
+                return log_error_errno(
+                        EBADMSG, "%s: tensor '%s': data_offsets is not an array of two integers",
+                        what, name);
+        if (parse_u64(json_array_get(offsets, 0), &begin) < 0 ||
+            parse_u64(json_array_get(offsets, 1), &end) < 0)
+                return log_error_errno(
+                        EBADMSG, "%s: tensor '%s': data_offsets are not non-negative integers",
+                        what, name);
         if (end < begin)
-                return log_error_errno(EBADMSG, "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] end before begin",
+                return log_error_errno(EBADMSG,
+                                       "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
+                                       "] end before begin",
                                        what, name, begin, end);
         if (end > data_size)
                 return log_error_errno(EBADMSG,
-                                       "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] past end of data (size %" PRIu64 ", file truncated?)",
+                                       "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
+                                       "] past end of data (size %" PRIu64 ", file truncated?)",
                                        what, name, begin, end, data_size);
         if (end - begin != need) {
                 format_shape(t, sb, sizeof sb);
                 return log_error_errno(EBADMSG,
-                                       "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] span %" PRIu64 " bytes, but %s %s needs %" PRIu64,
-                                       what, name, begin, end, end - begin, dtypes[t->dtype].name, sb, need);
+                                       "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
+                                       "] span %" PRIu64 " bytes, but %s %s needs %" PRIu64,
+                                       what, name, begin, end, end - begin, dtypes[t->dtype].name,
+                                       sb, need);
         }
 
         t->nbytes = need;
@@ -428,7 +457,8 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *e, uint64_t data
         return 0;
 }
 
-static int check_coverage(const st_file *f, const uint64_t *begins, uint64_t data_size, const char *what) {
+static int check_coverage(const st_file *f, const uint64_t *begins, uint64_t data_size,
+                          const char *what) {
         _cleanup_free_ span *s = NULL;
         char eb[ESC_MAX], eb2[ESC_MAX];
         uint64_t cursor = 0;
@@ -436,7 +466,8 @@ static int check_coverage(const st_file *f, const uint64_t *begins, uint64_t dat
 
         if (f->n_tensors == 0) {
                 if (data_size > 0)
-                        return log_error_errno(EBADMSG, "%s: no tensors but %" PRIu64 " bytes of data", what,
+                        return log_error_errno(EBADMSG,
+                                               "%s: no tensors but %" PRIu64 " bytes of data", what,
                                                data_size);
                 return 0;
         }
@@ -451,12 +482,16 @@ static int check_coverage(const st_file *f, const uint64_t *begins, uint64_t dat
                 const char *name = f->tensors[s[i].index].name;
                 if (s[i].begin < cursor)
                         return log_error_errno(EBADMSG,
-                                               "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 "] and '%s' [%" PRIu64 ", %" PRIu64 "] overlap",
-                                               what, esc(f->tensors[s[last].index].name, eb), s[last].begin,
-                                               s[last].end, esc(name, eb2), s[i].begin, s[i].end);
+                                               "%s: tensors '%s' [%" PRIu64 ", %" PRIu64
+                                               "] and '%s' [%" PRIu64 ", %" PRIu64 "] overlap",
+                                               what, esc(f->tensors[s[last].index].name, eb),
+                                               s[last].begin, s[last].end, esc(name, eb2),
+                                               s[i].begin, s[i].end);
                 if (s[i].begin > cursor)
                         return log_error_errno(EBADMSG,
-                                               "%s: hole in data buffer: bytes [%" PRIu64 ", %" PRIu64 ") before tensor '%s' belong to no tensor",
+                                               "%s: hole in data buffer: bytes [%" PRIu64
+                                               ", %" PRIu64
+                                               ") before tensor '%s' belong to no tensor",
                                                what, cursor, s[i].begin, esc(name, eb));
                 if (s[i].end > cursor) {
                         cursor = s[i].end;
@@ -465,7 +500,8 @@ static int check_coverage(const st_file *f, const uint64_t *begins, uint64_t dat
         }
         if (cursor != data_size)
                 return log_error_errno(EBADMSG,
-                                       "%s: hole in data buffer: bytes [%" PRIu64 ", %" PRIu64 ") after the last tensor belong to no tensor",
+                                       "%s: hole in data buffer: bytes [%" PRIu64 ", %" PRIu64
+                                       ") after the last tensor belong to no tensor",
                                        what, cursor, data_size);
         return 0;
 }
@@ -484,23 +520,28 @@ static int parse_header(st_file *f, const uint8_t *buf, size_t size, const char 
         if (size == 0)
                 return log_error_errno(EBADMSG, "%s: file is empty", what);
         if (size < 8)
-                return log_error_errno(EBADMSG, "%s: file too short (%zu bytes, need at least 8 for the header length)",
-                                       what, size);
+                return log_error_errno(
+                        EBADMSG,
+                        "%s: file too short (%zu bytes, need at least 8 for the header length)",
+                        what, size);
         header_len = 0;
         for (unsigned i = 0; i < 8; i++)
                 header_len |= (uint64_t) buf[i] << (8 * i);
         if (header_len > ST_MAX_HEADER)
-                return log_error_errno(EBADMSG, "%s: header length %" PRIu64 " exceeds the maximum of %u", what,
-                                       header_len, ST_MAX_HEADER);
+                return log_error_errno(EBADMSG,
+                                       "%s: header length %" PRIu64 " exceeds the maximum of %u",
+                                       what, header_len, ST_MAX_HEADER);
         if (header_len > size - 8)
-                return log_error_errno(EBADMSG, "%s: header length %" PRIu64 " past end of file (size %zu)", what,
-                                       header_len, size);
+                return log_error_errno(EBADMSG,
+                                       "%s: header length %" PRIu64 " past end of file (size %zu)",
+                                       what, header_len, size);
         data = buf + 8 + header_len;
         data_size = size - 8 - header_len;
 
         root = json_loadb((const char *) buf + 8, header_len, JSON_REJECT_DUPLICATES, &err);
         if (!root)
-                return log_error_errno(EBADMSG, "%s: header is not valid JSON: line %d column %d: %s", what,
+                return log_error_errno(EBADMSG,
+                                       "%s: header is not valid JSON: line %d column %d: %s", what,
                                        err.line, err.column, esc(err.text, eb));
         if (!json_is_object(root))
                 return log_error_errno(EBADMSG, "%s: header is not a JSON object", what);
@@ -511,7 +552,7 @@ static int parse_header(st_file *f, const uint8_t *buf, size_t size, const char 
         if (!f->tensors || !begins)
                 return log_error_errno(ENOMEM, "%s: out of memory", what);
 
-        json_object_foreach (root, key, v) {
+        json_object_foreach(root, key, v) {
                 if (strcmp(key, ST_METADATA_KEY) == 0) {
                         r = parse_metadata(f, v, what);
                         if (r < 0)
@@ -567,7 +608,8 @@ int st_load(const char *path, st_file **ret) {
         if (fstat(fd, &st) < 0)
                 return log_error_errno(errno, "%s: cannot stat: %m", path);
         if (!S_ISREG(st.st_mode))
-                return log_error_errno(S_ISDIR(st.st_mode) ? EISDIR : EINVAL, "%s: not a regular file", path);
+                return log_error_errno(S_ISDIR(st.st_mode) ? EISDIR : EINVAL,
+                                       "%s: not a regular file", path);
         if ((uintmax_t) st.st_size > SIZE_MAX)
                 return log_error_errno(EFBIG, "%s: file too large", path);
         size = (size_t) st.st_size;

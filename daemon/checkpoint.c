@@ -34,7 +34,7 @@ int ckpt_save(const char *path, const model *m, const adamw_state *opt, const ck
                 for (int k = 0; k < 3; k++) {
                         if (!src[k])
                                 continue;
-                        t[n] = (st_tensor) {
+                        t[n] = (st_tensor){
                                 .name = name[k],
                                 .dtype = ST_F32,
                                 .ndim = (unsigned) v->ndim,
@@ -67,11 +67,14 @@ static int meta_u64(const st_file *f, const char *key, uint64_t max, uint64_t *r
         char *end;
 
         if (!s)
-                return log_error_errno(EBADMSG, "%s: metadata field '%s' missing", st_source(f), key);
+                return log_error_errno(EBADMSG, "%s: metadata field '%s' missing", st_source(f),
+                                       key);
         errno = 0;
         unsigned long long v = strtoull(s, &end, 10);
         if (errno || end == s || *end || s[0] == '-' || v > max)
-                return log_error_errno(EBADMSG, "%s: metadata field '%s' is not an integer in [0, %" PRIu64 "]: '%s'",
+                return log_error_errno(EBADMSG,
+                                       "%s: metadata field '%s' is not an integer in [0, %" PRIu64
+                                       "]: '%s'",
                                        st_source(f), key, max, s);
         *ret = v;
         return 0;
@@ -84,7 +87,8 @@ static int config_from_meta(const st_file *f, model_config *cfg) {
         int r;
 
         if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0)
-                return log_error_errno(EBADMSG, "%s: metadata field 'format' is '%s', expected '%s'",
+                return log_error_errno(EBADMSG,
+                                       "%s: metadata field 'format' is '%s', expected '%s'",
                                        st_source(f), fmt ? fmt : "(missing)", CKPT_FORMAT);
         for (int i = 0; i < 4; i++) {
                 r = meta_u64(f, keys[i], 1u << 16, &v[i]);
@@ -98,9 +102,9 @@ static int config_from_meta(const st_file *f, model_config *cfg) {
         cfg->n_layer = (int) v[2];
         cfg->n_head = (int) v[3];
         if (model_config_validate(cfg) < 0)
-                return log_error_errno(EBADMSG, "%s: metadata describes an invalid model (T=%d C=%d L=%d H=%d)",
-                                       st_source(f), cfg->block_size, cfg->n_embd, cfg->n_layer,
-                                       cfg->n_head);
+                return log_error_errno(
+                        EBADMSG, "%s: metadata describes an invalid model (T=%d C=%d L=%d H=%d)",
+                        st_source(f), cfg->block_size, cfg->n_embd, cfg->n_layer, cfg->n_head);
         return 0;
 }
 
@@ -143,8 +147,9 @@ static int check_tensor(const st_file *f, const char *name, const model_view *v,
                 float x;
                 memcpy(&x, (const char *) t->data + i * sizeof(float), sizeof(float));
                 if (!isfinite(x))
-                        return log_error_errno(EBADMSG, "%s: tensor '%s' holds a non-finite value at element %zu",
-                                               st_source(f), name, i);
+                        return log_error_errno(
+                                EBADMSG, "%s: tensor '%s' holds a non-finite value at element %zu",
+                                st_source(f), name, i);
         }
         *ret = t;
         return 0;
@@ -167,10 +172,11 @@ int ckpt_load(const char *path, model *m, adamw_state *opt, ckpt_state *ret_stat
                 goto out;
         if (cfg.block_size != want->block_size || cfg.n_embd != want->n_embd ||
             cfg.n_layer != want->n_layer || cfg.n_head != want->n_head) {
-                r = log_error_errno(EBADMSG, "%s: model is T=%d C=%d L=%d H=%d, expected %s (T=%d C=%d L=%d H=%d)",
-                                    path, cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.n_head,
-                                    want->name, want->block_size, want->n_embd, want->n_layer,
-                                    want->n_head);
+                r = log_error_errno(
+                        EBADMSG,
+                        "%s: model is T=%d C=%d L=%d H=%d, expected %s (T=%d C=%d L=%d H=%d)", path,
+                        cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.n_head, want->name,
+                        want->block_size, want->n_embd, want->n_layer, want->n_head);
                 goto out;
         }
         if ((r = meta_u64(f, "step", INT64_MAX, &step)) < 0 ||
@@ -206,7 +212,7 @@ int ckpt_load(const char *path, model *m, adamw_state *opt, ckpt_state *ret_stat
         if (opt)
                 opt->t = (long) adam_t;
         if (ret_state)
-                *ret_state = (ckpt_state) {
+                *ret_state = (ckpt_state){
                         .step = (long) step,
                         .data_cursor = cursor,
                         .model_version = version,

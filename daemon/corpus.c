@@ -128,8 +128,7 @@ void corpus_train_batch(const corpus *c, rng_t *cursor, int B, int T, uint8_t *t
                        targets + (size_t) b * T);
 }
 
-void corpus_val_batch(const corpus *c, size_t i, int B, int T, uint8_t *tokens,
-                      uint8_t *targets) {
+void corpus_val_batch(const corpus *c, size_t i, int B, int T, uint8_t *tokens, uint8_t *targets) {
         size_t held = c->size - c->train_size;
         size_t n_windows = held > (size_t) T + 1 ? (held - 1) / (size_t) T : 1;
 

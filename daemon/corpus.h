@@ -26,5 +26,4 @@ void corpus_free(corpus *c);
 void corpus_train_batch(const corpus *c, rng_t *cursor, int B, int T, uint8_t *tokens,
                         uint8_t *targets);
 /* Deterministic held-out window number i (wrapping), for validation loss. */
-void corpus_val_batch(const corpus *c, size_t i, int B, int T, uint8_t *tokens,
-                      uint8_t *targets);
+void corpus_val_batch(const corpus *c, size_t i, int B, int T, uint8_t *tokens, uint8_t *targets);

@@ -19,18 +19,17 @@
 #define EDGED_VERSION "0.1.0"
 
 static void usage(FILE *f) {
-        fprintf(f,
-                "Usage: edged COMMAND [OPTIONS]\n"
-                "\n"
-                "Trains a small byte-level language model in a machine's spare CPU time.\n"
-                "\n"
-                "Commands:\n"
-                "  train    train in the foreground on local files (resumes from --checkpoint)\n"
-                "  sample   generate text from a checkpoint\n"
-                "\n"
-                "Run 'edged COMMAND --help' for a command's options.\n"
-                "  -h, --help       show this help\n"
-                "  -V, --version    show the version\n");
+        fprintf(f, "Usage: edged COMMAND [OPTIONS]\n"
+                   "\n"
+                   "Trains a small byte-level language model in a machine's spare CPU time.\n"
+                   "\n"
+                   "Commands:\n"
+                   "  train    train in the foreground on local files (resumes from --checkpoint)\n"
+                   "  sample   generate text from a checkpoint\n"
+                   "\n"
+                   "Run 'edged COMMAND --help' for a command's options.\n"
+                   "  -h, --help       show this help\n"
+                   "  -V, --version    show the version\n");
 }
 
 static void usage_train(FILE *f) {
@@ -49,7 +48,8 @@ static void usage_train(FILE *f) {
                 "  --seq T                sequence length (default: the model's block size)\n"
                 "  --accum N              micro-batches per optimizer step (default 1)\n"
                 "  --lr LR                peak learning rate (default 1e-3)\n"
-                "  --lr-min LR            final learning rate of the cosine schedule (default 1e-4)\n"
+                "  --lr-min LR            final learning rate of the cosine schedule (default "
+                "1e-4)\n"
                 "  --warmup N             warmup steps (default 50)\n"
                 "  --eval-every N         held-out loss every N steps (default: at the end)\n"
                 "  --threads N            BLAS threads (default: all CPUs)\n"
@@ -87,7 +87,8 @@ static int parse_float(const char *opt, const char *s, float min, float max, flo
         errno = 0;
         float v = strtof(s, &end);
         if (errno || end == s || *end || !(v >= min && v <= max)) {
-                log_error("%s: '%s' is not a number in [%g, %g]", opt, s, (double) min, (double) max);
+                log_error("%s: '%s' is not a number in [%g, %g]", opt, s, (double) min,
+                          (double) max);
                 return -EINVAL;
         }
         *ret = v;
@@ -164,7 +165,8 @@ static int cmd_train(int argc, char **argv) {
                         r = parse_long("--steps", optarg, 0, LONG_MAX / 2, &o.steps);
                         break;
                 case OPT_CHECKPOINT_EVERY:
-                        r = parse_long("--checkpoint-every", optarg, 0, LONG_MAX, &o.checkpoint_every);
+                        r = parse_long("--checkpoint-every", optarg, 0, LONG_MAX,
+                                       &o.checkpoint_every);
                         break;
                 case OPT_WARMUP:
                         r = parse_long("--warmup", optarg, 0, LONG_MAX / 2, &o.warmup);
@@ -221,11 +223,13 @@ static int cmd_train(int argc, char **argv) {
                         return 2;
         }
         if (optind < argc) {
-                log_error("edged train: unexpected argument '%s' (data paths go after --data)", argv[optind]);
+                log_error("edged train: unexpected argument '%s' (data paths go after --data)",
+                          argv[optind]);
                 return 2;
         }
         if (o.n_data_paths == 0) {
-                log_error("edged train: --data PATH is required (e.g. --data /usr/share/common-licenses)");
+                log_error("edged train: --data PATH is required (e.g. --data "
+                          "/usr/share/common-licenses)");
                 return 2;
         }
         if (o.warmup > o.steps)
@@ -300,7 +304,8 @@ static int cmd_sample(int argc, char **argv) {
         _cleanup_free_ uint8_t *out = malloc((size_t) n_tokens);
         size_t plen = strlen(prompt);
         if (plen >= (size_t) cfg.block_size) {
-                log_error("edged sample: the prompt is longer than the model's %d-byte window", cfg.block_size);
+                log_error("edged sample: the prompt is longer than the model's %d-byte window",
+                          cfg.block_size);
                 r = -EINVAL;
         } else if (out) {
                 r = sample_generate(s, (const uint8_t *) prompt, plen, out, (size_t) n_tokens, &so);

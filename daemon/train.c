@@ -33,7 +33,7 @@ static bool yield_on_signal(void *userdata) {
 }
 
 void trainer_opts_default(trainer_opts *o) {
-        *o = (trainer_opts) {
+        *o = (trainer_opts){
                 .steps = 1000,
                 .batch = 8,
                 .accum = 1,
@@ -70,19 +70,21 @@ static int pick_config(const trainer_opts *o, model_config *cfg) {
         if (have_ckpt) {
                 r = ckpt_read_config(o->checkpoint, &from_ckpt);
                 if (r < 0)
-                        return log_error_errno(r, "%s: cannot resume from this checkpoint; move it away to start afresh",
+                        return log_error_errno(r,
+                                               "%s: cannot resume from this checkpoint; move it "
+                                               "away to start afresh",
                                                o->checkpoint);
         }
         if (o->config) {
                 r = model_config_by_name(o->config, cfg);
                 if (r < 0)
-                        return log_error_errno(r, "--config: unknown model '%s' (tiny, small, medium)",
-                                               o->config);
-                if (have_ckpt && (cfg->block_size != from_ckpt.block_size ||
-                                  cfg->n_embd != from_ckpt.n_embd ||
-                                  cfg->n_layer != from_ckpt.n_layer ||
-                                  cfg->n_head != from_ckpt.n_head))
-                        return log_error_errno(EINVAL, "%s holds a '%s' model but --config %s was given",
+                        return log_error_errno(
+                                r, "--config: unknown model '%s' (tiny, small, medium)", o->config);
+                if (have_ckpt &&
+                    (cfg->block_size != from_ckpt.block_size || cfg->n_embd != from_ckpt.n_embd ||
+                     cfg->n_layer != from_ckpt.n_layer || cfg->n_head != from_ckpt.n_head))
+                        return log_error_errno(EINVAL,
+                                               "%s holds a '%s' model but --config %s was given",
                                                o->checkpoint, from_ckpt.name, o->config);
         } else if (have_ckpt)
                 *cfg = from_ckpt;
@@ -91,8 +93,7 @@ static int pick_config(const trainer_opts *o, model_config *cfg) {
         return 0;
 }
 
-static float validation_loss(model *m, const corpus *c, int B, int T, uint8_t *tok,
-                             uint8_t *tgt) {
+static float validation_loss(model *m, const corpus *c, int B, int T, uint8_t *tok, uint8_t *tgt) {
         double sum = 0.0;
         for (int i = 0; i < VAL_BATCHES; i++) {
                 float loss = NAN;
@@ -165,8 +166,8 @@ static void progress_report(progress *p, const trainer_opts *o, long step, float
                 long every = MAX(1L, o->steps / 20);
                 if (step % every != 0 && now - p->last_print < 30.0)
                         return;
-                fprintf(stderr, "step %ld/%ld loss %.4f lr %.2e %.0f tok/s ETA %s", step,
-                        o->steps, loss, lr, p->tok_per_sec, eta);
+                fprintf(stderr, "step %ld/%ld loss %.4f lr %.2e %.0f tok/s ETA %s", step, o->steps,
+                        loss, lr, p->tok_per_sec, eta);
                 if (isfinite(val))
                         fprintf(stderr, " val %.4f", val);
                 fputc('\n', stderr);
@@ -189,23 +190,27 @@ int trainer_run(const trainer_opts *o) {
                 return r;
         T = o->seq > 0 ? o->seq : cfg.block_size;
         if (T < 1 || T > cfg.block_size || B < 1 || o->accum < 1)
-                return log_error_errno(EINVAL, "--seq must be at most %d for '%s', --batch and --accum at least 1",
-                                       cfg.block_size, cfg.name);
+                return log_error_errno(
+                        EINVAL, "--seq must be at most %d for '%s', --batch and --accum at least 1",
+                        cfg.block_size, cfg.name);
 
         r = corpus_load(&data, o->data_paths, o->n_data_paths, o->max_data_bytes);
         if (r == -ENODATA)
-                return log_error_errno(r, "no training data: the --data paths hold less than 4 KiB of readable files");
+                return log_error_errno(r, "no training data: the --data paths hold less than 4 KiB "
+                                          "of readable files");
         if (r < 0)
                 return r;
         if (data.size - data.train_size < (size_t) T + 1) {
-                r = log_error_errno(ENODATA, "too little data (%zu bytes) for windows of %d bytes", data.size, T);
+                r = log_error_errno(ENODATA, "too little data (%zu bytes) for windows of %d bytes",
+                                    data.size, T);
                 goto out;
         }
 
         blas_set_threads(o->threads > 0 ? o->threads : (int) sysconf(_SC_NPROCESSORS_ONLN));
         r = model_new(&cfg, B, T, &m);
         if (r < 0) {
-                log_error_errno(r, "cannot allocate the '%s' model for batch %dx%d: %m", cfg.name, B, T);
+                log_error_errno(r, "cannot allocate the '%s' model for batch %dx%d: %m", cfg.name,
+                                B, T);
                 goto out;
         }
         adamw_hparams_default(&hp);
@@ -222,7 +227,8 @@ int trainer_run(const trainer_opts *o) {
         if (o->checkpoint && access(o->checkpoint, F_OK) == 0) {
                 r = ckpt_load(o->checkpoint, m, &opt, &cs);
                 if (r < 0) {
-                        log_error("%s: cannot resume from this checkpoint; move it away to start afresh",
+                        log_error("%s: cannot resume from this checkpoint; move it away to start "
+                                  "afresh",
                                   o->checkpoint);
                         goto out;
                 }
@@ -231,19 +237,23 @@ int trainer_run(const trainer_opts *o) {
                 model_init_params(m, o->seed);
                 cs.data_cursor = o->seed ^ DATA_CURSOR_SALT;
         }
-        log_info("model %s: %zu parameters (T=%d C=%d L=%d H=%d); data: %zu files, %zu bytes (%zu held out)%s",
+        log_info("model %s: %zu parameters (T=%d C=%d L=%d H=%d); data: %zu files, %zu bytes (%zu "
+                 "held out)%s",
                  cfg.name, m->layout.n_params, cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.n_head,
                  data.n_files, data.size, data.size - data.train_size,
                  data.n_skipped ? ", some paths skipped" : "");
-        log_info("batch %dx%d x%d, %d threads, %s", B, T, o->accum, blas_get_threads(), blas_describe());
+        log_info("batch %dx%d x%d, %d threads, %s", B, T, o->accum, blas_get_threads(),
+                 blas_describe());
 
         struct sigaction sa = { .sa_handler = on_stop_signal };
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         m->yield = yield_on_signal;
 
-        lr_schedule sched = { .lr_max = o->lr, .lr_min = o->lr_min,
-                              .warmup_steps = o->warmup, .total_steps = o->steps };
+        lr_schedule sched = { .lr_max = o->lr,
+                              .lr_min = o->lr_min,
+                              .warmup_steps = o->warmup,
+                              .total_steps = o->steps };
         rng_t cursor = { .state = cs.data_cursor };
         long tokens_per_step = (long) B * T * o->accum;
         progress prog = { .tty = o->progress < 0 ? isatty(STDERR_FILENO) : o->progress == 1,
@@ -275,15 +285,16 @@ int trainer_run(const trainer_opts *o) {
                 cs.data_cursor = cursor.state;
                 loss = step_loss;
                 if (!isfinite(loss)) {
-                        r = log_error_errno(ERANGE, "loss became %f at step %ld; lower --lr", loss, cs.step);
+                        r = log_error_errno(ERANGE, "loss became %f at step %ld; lower --lr", loss,
+                                            cs.step);
                         goto out;
                 }
                 bool eval = o->eval_every > 0 && cs.step % o->eval_every == 0;
                 if (eval)
                         val = validation_loss(m, &data, B, T, tok, tgt);
                 progress_report(&prog, o, cs.step, loss, val, lr, tokens_per_step);
-                if (o->checkpoint && o->checkpoint_every > 0 && cs.step % o->checkpoint_every == 0 &&
-                    cs.step < o->steps) {
+                if (o->checkpoint && o->checkpoint_every > 0 &&
+                    cs.step % o->checkpoint_every == 0 && cs.step < o->steps) {
                         r = ckpt_save(o->checkpoint, m, &opt, &cs);
                         if (r < 0)
                                 goto out;

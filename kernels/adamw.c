@@ -7,7 +7,7 @@
 #include <string.h>
 
 void adamw_hparams_default(adamw_hparams *hp) {
-        *hp = (adamw_hparams) {
+        *hp = (adamw_hparams){
                 .beta1 = 0.9f,
                 .beta2 = 0.95f,
                 .eps = 1e-8f,
@@ -44,9 +44,8 @@ double adamw_grad_norm(const float *grads, size_t n) {
 
 /* Same arithmetic as torch.optim.AdamW (single-tensor path): decay first, then the
  * bias-corrected step with eps added after the square root's correction. */
-static void update_range(float *p, const float *g, float *m, float *v, size_t n, float lr,
-                         float wd, const adamw_hparams *hp, float step_size, float bc2_sqrt,
-                         float gscale) {
+static void update_range(float *p, const float *g, float *m, float *v, size_t n, float lr, float wd,
+                         const adamw_hparams *hp, float step_size, float bc2_sqrt, float gscale) {
         float decay = 1.0f - lr * wd;
         for (size_t i = 0; i < n; i++) {
                 float gi = g[i] * gscale;
@@ -77,8 +76,8 @@ double adamw_step(adamw_state *s, const model_layout *lay, float *params, float 
         for (size_t i = 0; i < lay->n_views; i++) {
                 const model_view *v = &lay->views[i];
                 update_range(params + v->offset, grads + v->offset, s->m + v->offset,
-                             s->v + v->offset, v->numel, lr, v->decay ? hp->weight_decay : 0.0f,
-                             hp, step_size, bc2_sqrt, gscale);
+                             s->v + v->offset, v->numel, lr, v->decay ? hp->weight_decay : 0.0f, hp,
+                             step_size, bc2_sqrt, gscale);
         }
         return norm;
 }
@@ -88,8 +87,8 @@ float lr_at(const lr_schedule *s, long step) {
                 return s->lr_max * (float) (step + 1) / (float) s->warmup_steps;
         if (step >= s->total_steps)
                 return s->lr_min;
-        double progress = (double) (step - s->warmup_steps) /
-                          (double) (s->total_steps - s->warmup_steps);
+        double progress =
+                (double) (step - s->warmup_steps) / (double) (s->total_steps - s->warmup_steps);
         double coeff = 0.5 * (1.0 + cos(M_PI * progress));
         return (float) (s->lr_min + coeff * (s->lr_max - s->lr_min));
 }

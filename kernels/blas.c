@@ -46,7 +46,8 @@ const char *blas_kernel_origin(void) {
         /* blas_choose_kernel was not called (tests, say): describe what OpenBLAS saw */
         if (!origin[0]) {
                 if (env)
-                        snprintf(origin, sizeof(origin), "OPENBLAS_CORETYPE=%s from the environment", env);
+                        snprintf(origin, sizeof(origin),
+                                 "OPENBLAS_CORETYPE=%s from the environment", env);
                 else
                         snprintf(origin, sizeof(origin), "detected by OpenBLAS");
         }

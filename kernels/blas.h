@@ -18,6 +18,7 @@ const char *blas_kernel_origin(void);
 
 void blas_set_threads(int n);
 int blas_get_threads(void);
-/* e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Cooperlake MAX_THREADS=64 (detected by OpenBLAS)" */
+/* e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Cooperlake MAX_THREADS=64 (detected by OpenBLAS)"
+ */
 const char *blas_describe(void);
 const char *blas_kernel(void);

@@ -211,7 +211,8 @@ void model_init_params(model *m, uint64_t seed) {
                 const model_view *v = &lay->views[i];
                 float *p = m->params + v->offset;
                 const char *dot = strrchr(v->name, '.');
-                bool is_ln_weight = v->ndim == 1 && strstr(v->name, "ln_") && strcmp(dot, ".weight") == 0;
+                bool is_ln_weight =
+                        v->ndim == 1 && strstr(v->name, "ln_") && strcmp(dot, ".weight") == 0;
                 bool is_resid_proj = strstr(v->name, ".proj.weight") != NULL;
 
                 for (size_t j = 0; j < v->numel; j++) {
@@ -229,9 +230,9 @@ void model_zero_grad(model *m) {
 
 const char *model_prof_name(int kind) {
         static const char *const names[_PROF_MAX] = {
-                [PROF_EMBED] = "embedding", [PROF_LAYERNORM] = "layernorm",
-                [PROF_MATMUL] = "matmul",   [PROF_ATTENTION] = "attention",
-                [PROF_GELU] = "gelu",       [PROF_RESIDUAL] = "residual",
+                [PROF_EMBED] = "embedding",   [PROF_LAYERNORM] = "layernorm",
+                [PROF_MATMUL] = "matmul",     [PROF_ATTENTION] = "attention",
+                [PROF_GELU] = "gelu",         [PROF_RESIDUAL] = "residual",
                 [PROF_LOSS] = "softmax+loss",
         };
         return kind >= 0 && kind < _PROF_MAX ? names[kind] : "?";
@@ -312,8 +313,8 @@ int model_forward(model *m, const uint8_t *tokens, const uint8_t *targets, int B
                      nn_matmul_forward(fch, ln2, p->fc_w[l], p->fc_b[l], BT, C, 4 * C));
                 PROF(m, fwd, PROF_GELU, nn_gelu_forward(fch_gelu, fch, BT * 4 * C));
                 PROF(m, fwd, PROF_MATMUL,
-                     nn_matmul_forward(fcproj, fch_gelu, p->fcproj_w[l], p->fcproj_b[l], BT,
-                                       4 * C, C));
+                     nn_matmul_forward(fcproj, fch_gelu, p->fcproj_w[l], p->fcproj_b[l], BT, 4 * C,
+                                       C));
                 PROF(m, fwd, PROF_RESIDUAL,
                      nn_residual_forward(residual3, residual2, fcproj, BT * C));
         }
@@ -374,8 +375,8 @@ int model_backward(model *m, const uint8_t *tokens, float loss_scale) {
                                         fch_gelu, p->fcproj_w[l], BT, 4 * C, C));
                 PROF(m, bwd, PROF_GELU, nn_gelu_backward(a->dbt4c, fch, a->dbt4c, BT * 4 * C));
                 PROF(m, bwd, PROF_MATMUL,
-                     nn_matmul_backward(a->dbtc, g->fc_w[l], g->fc_b[l], a->dbt4c, ln2,
-                                        p->fc_w[l], BT, C, 4 * C));
+                     nn_matmul_backward(a->dbtc, g->fc_w[l], g->fc_b[l], a->dbt4c, ln2, p->fc_w[l],
+                                        BT, C, 4 * C));
                 PROF(m, bwd, PROF_LAYERNORM,
                      nn_layernorm_backward(a->dresidual, g->ln2_w[l], g->ln2_b[l], a->dbtc,
                                            residual2, p->ln2_w[l], ln2_mean, ln2_rstd, BT, C));

@@ -15,7 +15,7 @@
 #define MODEL_NAME_MAX 48
 
 typedef struct {
-        char name[16]; /* "tiny", "small", "medium" or "custom" */
+        char name[16];  /* "tiny", "small", "medium" or "custom" */
         int block_size; /* T: maximum sequence length */
         int n_embd;     /* C */
         int n_layer;    /* L */
@@ -72,26 +72,26 @@ typedef struct {
         size_t n_floats;
         float *arena;
         /* per layer, each [L * ...] */
-        float *encoded;  /* (B,T,C) */
-        float *ln1;      /* (L,B,T,C) */
-        float *ln1_mean; /* (L,B,T) */
-        float *ln1_rstd; /* (L,B,T) */
-        float *qkv;      /* (L,B,T,3C) */
-        float *atty;     /* (L,B,T,C) */
-        float *att;      /* (L,B,H,T,T) softmax probabilities */
-        float *attproj;  /* (L,B,T,C) */
-        float *residual2;/* (L,B,T,C) */
-        float *ln2;      /* (L,B,T,C) */
+        float *encoded;   /* (B,T,C) */
+        float *ln1;       /* (L,B,T,C) */
+        float *ln1_mean;  /* (L,B,T) */
+        float *ln1_rstd;  /* (L,B,T) */
+        float *qkv;       /* (L,B,T,3C) */
+        float *atty;      /* (L,B,T,C) */
+        float *att;       /* (L,B,H,T,T) softmax probabilities */
+        float *attproj;   /* (L,B,T,C) */
+        float *residual2; /* (L,B,T,C) */
+        float *ln2;       /* (L,B,T,C) */
         float *ln2_mean, *ln2_rstd;
-        float *fch;      /* (L,B,T,4C) */
-        float *fch_gelu; /* (L,B,T,4C) */
-        float *fcproj;   /* (L,B,T,C) */
-        float *residual3;/* (L,B,T,C) */
-        float *lnf;      /* (B,T,C) */
+        float *fch;       /* (L,B,T,4C) */
+        float *fch_gelu;  /* (L,B,T,4C) */
+        float *fcproj;    /* (L,B,T,C) */
+        float *residual3; /* (L,B,T,C) */
+        float *lnf;       /* (B,T,C) */
         float *lnf_mean, *lnf_rstd;
-        float *logits;   /* (B,T,V) */
-        float *probs;    /* (B,T,V) */
-        float *losses;   /* (B,T) */
+        float *logits; /* (B,T,V) */
+        float *probs;  /* (B,T,V) */
+        float *losses; /* (B,T) */
         /* backward scratch */
         float *dresidual; /* (B,T,C) */
         float *dbt4c;     /* (B,T,4C) */
@@ -130,9 +130,9 @@ typedef struct {
         model_yield_fn yield;
         void *yield_userdata;
         model_profile *profile; /* NULL: no timing */
-        const uint8_t *targets;  /* of the last forward */
-        int B, T;                /* of the last forward */
-        size_t acts_capacity;    /* floats in acts.arena */
+        const uint8_t *targets; /* of the last forward */
+        int B, T;               /* of the last forward */
+        size_t acts_capacity;   /* floats in acts.arena */
 } model;
 
 /* Looks up "tiny", "small" or "medium"; -EINVAL otherwise. */

@@ -82,8 +82,8 @@ void nn_encoder_forward(float *out, const uint8_t *tokens, const float *wte, con
                 }
 }
 
-void nn_encoder_backward(float *dwte, float *dwpe, const float *dout, const uint8_t *tokens,
-                         int B, int T, int C) {
+void nn_encoder_backward(float *dwte, float *dwpe, const float *dout, const uint8_t *tokens, int B,
+                         int T, int C) {
         for (int b = 0; b < B; b++)
                 for (int t = 0; t < T; t++) {
                         const float *d = dout + ((size_t) b * T + t) * C;
@@ -97,7 +97,7 @@ void nn_encoder_backward(float *dwte, float *dwpe, const float *dout, const uint
 }
 
 NN_HOT void nn_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                          const float *weight, const float *bias, size_t N, int C) {
+                                 const float *weight, const float *bias, size_t N, int C) {
         for (size_t n = 0; n < N; n++) {
                 const float *x = inp + n * C;
                 float *o = out + n * C;
@@ -119,8 +119,8 @@ NN_HOT void nn_layernorm_forward(float *out, float *mean, float *rstd, const flo
 }
 
 NN_HOT void nn_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                           const float *inp, const float *weight, const float *mean,
-                           const float *rstd, size_t N, int C) {
+                                  const float *inp, const float *weight, const float *mean,
+                                  const float *rstd, size_t N, int C) {
         for (size_t n = 0; n < N; n++) {
                 const float *d = dout + n * C;
                 const float *x = inp + n * C;
@@ -160,8 +160,8 @@ void nn_matmul_backward(float *dinp, float *dweight, float *dbias, const float *
         if (dinp)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) N, C, OC, 1.0f, dout,
                             OC, weight, C, 0.0f, dinp, C);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, (int) N, 1.0f, dout, OC, inp,
-                    C, 1.0f, dweight, C);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, (int) N, 1.0f, dout, OC, inp, C,
+                    1.0f, dweight, C);
         if (dbias)
                 for (size_t n = 0; n < N; n++) {
                         const float *d = dout + n * OC;
@@ -299,7 +299,7 @@ NN_HOT void nn_residual_forward(float *out, const float *a, const float *b, size
 }
 
 NN_HOT float nn_crossentropy_forward(float *probs, float *losses, const float *logits,
-                              const uint8_t *targets, size_t N, int V) {
+                                     const uint8_t *targets, size_t N, int V) {
         double total = 0.0;
 
         for (size_t n = 0; n < N; n++) {
@@ -323,8 +323,8 @@ NN_HOT float nn_crossentropy_forward(float *probs, float *losses, const float *l
         return (float) (total / (double) N);
 }
 
-void nn_crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets,
-                              size_t N, int V, float scale) {
+void nn_crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets, size_t N,
+                              int V, float scale) {
         for (size_t n = 0; n < N; n++) {
                 const float *p = probs + n * V;
                 float *d = dlogits + n * V;

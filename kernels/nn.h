@@ -11,8 +11,8 @@
 
 void nn_encoder_forward(float *out, const uint8_t *tokens, const float *wte, const float *wpe,
                         int B, int T, int C);
-void nn_encoder_backward(float *dwte, float *dwpe, const float *dout, const uint8_t *tokens,
-                         int B, int T, int C);
+void nn_encoder_backward(float *dwte, float *dwpe, const float *dout, const uint8_t *tokens, int B,
+                         int T, int C);
 
 void nn_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                           const float *weight, const float *bias, size_t N, int C);
@@ -45,8 +45,8 @@ void nn_residual_forward(float *out, const float *a, const float *b, size_t n);
 float nn_crossentropy_forward(float *probs, float *losses, const float *logits,
                               const uint8_t *targets, size_t N, int V);
 /* dlogits = (probs - onehot(target)) * scale (overwritten). */
-void nn_crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets,
-                              size_t N, int V, float scale);
+void nn_crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets, size_t N,
+                              int V, float scale);
 
 /* exp(x) to about 2 ulp, written so that loops over it vectorise. */
 float nn_expf(float x);

@@ -34,8 +34,8 @@ int sampler_new(const model *m, sampler **ret) {
         s->h4g = calloc(4 * C, sizeof(float));
         s->scores = calloc(T, sizeof(float));
         s->mean_rstd = calloc(2, sizeof(float));
-        if (!s->kcache || !s->vcache || !s->x || !s->ln || !s->qkv || !s->y || !s->tmp ||
-            !s->h4 || !s->h4g || !s->scores || !s->mean_rstd) {
+        if (!s->kcache || !s->vcache || !s->x || !s->ln || !s->qkv || !s->y || !s->tmp || !s->h4 ||
+            !s->h4g || !s->scores || !s->mean_rstd) {
                 sampler_free(s);
                 return -ENOMEM;
         }

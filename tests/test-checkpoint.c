@@ -34,7 +34,9 @@ static int setup_group(void **state) {
         return test_tmpdir_create("test-checkpoint");
 }
 
-static const model_config small_cfg = { .name = "custom", .block_size = 16, .n_embd = 16, .n_layer = 2, .n_head = 2 };
+static const model_config small_cfg = {
+        .name = "custom", .block_size = 16, .n_embd = 16, .n_layer = 2, .n_head = 2
+};
 
 /* A model and optimizer after a few real steps, so moments are non-trivial. */
 static void trained(model **ret_m, adamw_state *opt, uint64_t seed) {
@@ -63,7 +65,9 @@ static void trained(model **ret_m, adamw_state *opt, uint64_t seed) {
 
 static void test_round_trip_bit_exact(void **state) {
         _cleanup_free_ char *path = test_tmp_path("rt.safetensors");
-        ckpt_state st = { .step = 1234567, .data_cursor = 0xfedcba9876543210ULL, .model_version = 42 };
+        ckpt_state st = { .step = 1234567,
+                          .data_cursor = 0xfedcba9876543210ULL,
+                          .model_version = 42 };
         ckpt_state got;
         adamw_state opt, opt2;
         adamw_hparams hp;
@@ -107,7 +111,8 @@ static void test_round_trip_bit_exact(void **state) {
 
 /* Writes a text file of n bytes from a small word chain: enough structure to learn. */
 static void write_text(const char *path, size_t n) {
-        static const char *const words[] = { "the ", "cat ", "sat ", "on ", "a ", "mat. ", "dog ", "ran ", "far ", "and\n" };
+        static const char *const words[] = { "the ",  "cat ", "sat ", "on ",  "a ",
+                                             "mat. ", "dog ", "ran ", "far ", "and\n" };
         FILE *f = fopen(path, "we");
         rng_t rng;
 
@@ -184,7 +189,8 @@ typedef void (*mutate_fn)(st_tensor *t, size_t n, st_meta *meta, size_t n_meta);
 /* Rewrites a valid checkpoint with one change, then checks ckpt_load refuses it, says
  * 'expect' on stderr, and leaves the model as it was. */
 static void expect_rejected(mutate_fn mutate, const char *expect) {
-        _cleanup_free_ char *good = test_tmp_path("good.safetensors"), *bad = test_tmp_path("bad.safetensors");
+        _cleanup_free_ char *good = test_tmp_path("good.safetensors"),
+                            *bad = test_tmp_path("bad.safetensors");
         ckpt_state st = { .step = 3 };
         adamw_state opt, opt2;
         model *m, *m2;
@@ -196,12 +202,14 @@ static void expect_rejected(mutate_fn mutate, const char *expect) {
 
         size_t n = st_n_tensors(f);
         st_tensor *t = calloc(n, sizeof(*t));
-        static const char *const keys[] = { "format", "config", "block_size", "n_embd", "n_layer", "n_head", "step", "data_cursor", "model_version", "adam_t" };
+        static const char *const keys[] = { "format",        "config", "block_size", "n_embd",
+                                            "n_layer",       "n_head", "step",       "data_cursor",
+                                            "model_version", "adam_t" };
         st_meta meta[ARRAY_SIZE(keys)];
         for (size_t i = 0; i < n; i++)
                 t[i] = *st_tensor_at(f, i);
         for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
-                meta[i] = (st_meta) { keys[i], st_meta_get(f, keys[i]) };
+                meta[i] = (st_meta){ keys[i], st_meta_get(f, keys[i]) };
         mutate(t, n, meta, ARRAY_SIZE(keys));
         assert_int_equal(st_write(bad, t, n, meta, ARRAY_SIZE(keys)), 0);
         free(t);
@@ -271,7 +279,8 @@ static void bad_format(st_tensor *t, size_t n, st_meta *m, size_t nm) {
 }
 
 static void test_wrong_shape(void **s) {
-        expect_rejected(wrong_shape, "tensor 'h.1.attn.qkv.weight' has shape [16,48], expected [48,16]");
+        expect_rejected(wrong_shape,
+                        "tensor 'h.1.attn.qkv.weight' has shape [16,48], expected [48,16]");
 }
 static void test_wrong_dtype(void **s) {
         expect_rejected(wrong_dtype, "tensor 'ln_f.bias' has dtype I32, expected F32");
@@ -295,7 +304,8 @@ static void test_bad_format(void **s) {
 /* Byte-level damage to a real checkpoint: every truncation point and a sweep of flipped
  * header bytes are refused (or, for harmless whitespace, accepted) without a crash. */
 static void test_damaged_bytes(void **state) {
-        _cleanup_free_ char *good = test_tmp_path("dmg.safetensors"), *bad = test_tmp_path("dmg-bad.safetensors");
+        _cleanup_free_ char *good = test_tmp_path("dmg.safetensors"),
+                            *bad = test_tmp_path("dmg-bad.safetensors");
         _cleanup_free_ void *buf = NULL;
         ckpt_state st = { .step = 1 };
         adamw_state opt;

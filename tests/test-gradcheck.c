@@ -33,7 +33,9 @@ static double loss_at(model *m, const uint8_t *tok, const uint8_t *tgt) {
 }
 
 static void test_gradcheck(void **state) {
-        model_config cfg = { .name = "custom", .block_size = 160, .n_embd = 32, .n_layer = 2, .n_head = 4 };
+        model_config cfg = {
+                .name = "custom", .block_size = 160, .n_embd = 32, .n_layer = 2, .n_head = 4
+        };
         uint8_t tok[B * T], tgt[B * T];
         model *m;
         rng_t rng;

@@ -259,7 +259,7 @@ static void test_layout_and_params(void **state) {
         assert_int_equal(covered, lay->n_params);
 
         /* Known values (from gen_fixtures.py), one per parameter class. */
-        assert_true(m->params[0] == 0x1.88828p-6f);                /* wte.weight[0] */
+        assert_true(m->params[0] == 0x1.88828p-6f); /* wte.weight[0] */
         assert_true(m->params[lay->views[lay->wpe].offset] == 0x1.d77fp-7f);
         assert_true(m->params[lay->views[lay->layer[0][LP_LN1_W]].offset] == 0x1.17535p+0f);
         assert_true(m->params[lay->views[lay->layer[0][LP_LN1_B]].offset] == -0x1.90fcp-11f);
@@ -285,8 +285,8 @@ static void test_forward(void **state) {
 
         size_t n = (size_t) fx.B * (size_t) fx.T * MODEL_VOCAB;
         float *want = load_f32("logits", n);
-        test_err e = test_compare(m->acts.logits, want, n,
-                                  FLOOR_LOGITS_OF_MAX * test_max_abs(want, n));
+        test_err e =
+                test_compare(m->acts.logits, want, n, FLOOR_LOGITS_OF_MAX * test_max_abs(want, n));
         print_err("logits (B,T,V)", &e, TOL_LOGITS);
         bool ok = e.max_rel <= TOL_LOGITS;
         ok &= check_scalar("loss", loss, load_scalar("loss"), TOL_LOSS);

@@ -64,15 +64,16 @@ static unsigned count_lines(const char *s) {
 static void assert_one_error(const char *log, const char *what, const char *substr) {
         if (count_lines(log) != 1 || strncmp(log, what, strlen(what)) != 0 ||
             log[strlen(what)] != ':' || !strstr(log, substr))
-                fail_msg("expected one error line from '%s' containing \"%s\", got \"%s\"", what, substr, log);
+                fail_msg("expected one error line from '%s' containing \"%s\", got \"%s\"", what,
+                         substr, log);
         assert_true(log[strlen(log) - 1] == '\n');
 }
 
 /* ---- building files by hand ------------------------------------------------------ */
 
 /* 8-byte LE header length (given explicitly), header text, data bytes. */
-static uint8_t *make_raw(uint64_t header_len_field, const char *json, const void *data, size_t data_len,
-                         size_t *ret_size) {
+static uint8_t *make_raw(uint64_t header_len_field, const char *json, const void *data,
+                         size_t data_len, size_t *ret_size) {
         size_t jl = strlen(json);
         uint8_t *b = malloc(8 + jl + data_len + 1);
 
@@ -169,15 +170,55 @@ static void test_roundtrip(void **state) {
 
         memcpy(&scalar, &nan_bits, 4);
         st_tensor t[] = {
-                { .name = "h.0.attn.qkv.weight", .dtype = ST_F32, .ndim = 2, .shape = { 2, 3 }, .data = f1, .nbytes = 24 },
+                { .name = "h.0.attn.qkv.weight",
+                  .dtype = ST_F32,
+                  .ndim = 2,
+                  .shape = { 2, 3 },
+                  .data = f1,
+                  .nbytes = 24 },
                 { .name = "scalar", .dtype = ST_F32, .ndim = 0, .data = &scalar, .nbytes = 4 },
-                { .name = "ints", .dtype = ST_I32, .ndim = 1, .shape = { 5 }, .data = i1, .nbytes = 20 },
-                { .name = "longs", .dtype = ST_I64, .ndim = 2, .shape = { 2, 2 }, .data = l1, .nbytes = 32 },
-                { .name = "bytes", .dtype = ST_U8, .ndim = 1, .shape = { 7 }, .data = u1, .nbytes = 7 },
-                { .name = "empty", .dtype = ST_F32, .ndim = 2, .shape = { 0, 4 }, .data = &empty_unused, .nbytes = 0 },
-                { .name = "eight.dims", .dtype = ST_U8, .ndim = 8, .shape = { 1, 1, 1, 2, 1, 1, 1, 1 }, .data = u8d, .nbytes = 2 },
-                { .name = "after_u8", .dtype = ST_F32, .ndim = 1, .shape = { 3 }, .data = after_u8, .nbytes = 12 },
-                { .name = "a", .dtype = ST_I32, .ndim = 1, .shape = { 1 }, .data = &i1[4], .nbytes = 4 },
+                { .name = "ints",
+                  .dtype = ST_I32,
+                  .ndim = 1,
+                  .shape = { 5 },
+                  .data = i1,
+                  .nbytes = 20 },
+                { .name = "longs",
+                  .dtype = ST_I64,
+                  .ndim = 2,
+                  .shape = { 2, 2 },
+                  .data = l1,
+                  .nbytes = 32 },
+                { .name = "bytes",
+                  .dtype = ST_U8,
+                  .ndim = 1,
+                  .shape = { 7 },
+                  .data = u1,
+                  .nbytes = 7 },
+                { .name = "empty",
+                  .dtype = ST_F32,
+                  .ndim = 2,
+                  .shape = { 0, 4 },
+                  .data = &empty_unused,
+                  .nbytes = 0 },
+                { .name = "eight.dims",
+                  .dtype = ST_U8,
+                  .ndim = 8,
+                  .shape = { 1, 1, 1, 2, 1, 1, 1, 1 },
+                  .data = u8d,
+                  .nbytes = 2 },
+                { .name = "after_u8",
+                  .dtype = ST_F32,
+                  .ndim = 1,
+                  .shape = { 3 },
+                  .data = after_u8,
+                  .nbytes = 12 },
+                { .name = "a",
+                  .dtype = ST_I32,
+                  .ndim = 1,
+                  .shape = { 1 },
+                  .data = &i1[4],
+                  .nbytes = 4 },
         };
         st_meta m[] = {
                 { "step", "1234" },
@@ -238,7 +279,12 @@ static void test_roundtrip(void **state) {
         st_free(f);
 
         /* Replacing an existing file (atomically) works and leaves no temp file. */
-        st_tensor t2[] = { { .name = "only", .dtype = ST_I64, .ndim = 1, .shape = { 1 }, .data = &l1[2], .nbytes = 8 } };
+        st_tensor t2[] = { { .name = "only",
+                             .dtype = ST_I64,
+                             .ndim = 1,
+                             .shape = { 1 },
+                             .data = &l1[2],
+                             .nbytes = 8 } };
         assert_int_equal(st_write(path2, t2, 1, NULL, 0), 0);
         assert_int_equal(count_entries(dir, NULL, 0), 1);
         f = NULL;
@@ -358,7 +404,8 @@ static void test_reject_size(void **state) {
         expect_bad(b2, size, "exceeds the maximum");
         /* Header length shorter than the JSON: the JSON is cut. */
         free(b);
-        b = make_raw(5, "{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", NULL, 0, &size);
+        b = make_raw(5, "{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", NULL, 0,
+                     &size);
         expect_bad(b, size, "not valid JSON");
         /* Zero-length header. */
         free(b);
@@ -375,32 +422,41 @@ static void test_reject_header(void **state) {
                 { "{\"a\":", 0, "header is not valid JSON: line 1 column" },
                 { "{\"a\":1,}", 0, "header is not valid JSON: line 1 column 8" },
                 { "{}x", 0, "not valid JSON" },
-                { "{\"a\xff\":1}", 0, "not valid JSON" },  /* invalid UTF-8 */
+                { "{\"a\xff\":1}", 0, "not valid JSON" },     /* invalid UTF-8 */
                 { "{\"a\\u0000b\":1}", 0, "not valid JSON" }, /* NUL in a name */
                 { "[1, 2]", 0, "header is not a JSON object" },
                 { "\"str\"", 0, "not valid JSON: line 1 column 5: '[' or '{' expected" },
                 { "{\"a\":5}", 0, "tensor 'a': entry is not an object" },
-                { "{\"\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", 0, "tensor with an empty name" },
+                { "{\"\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", 0,
+                  "tensor with an empty name" },
                 { "{\"a\\nb\":5}", 0, "tensor 'a\\x0ab': entry is not an object" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":1}}", 4,
                   "tensor 'a': unknown key 'x'" },
-                { "{\"a\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "tensor 'a': missing dtype" },
-                { "{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4, "tensor 'a': missing shape" },
-                { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4, "tensor 'a': missing data_offsets" },
-                { "{\"a\":{\"dtype\":4,\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "tensor 'a': dtype is not a string" },
-                { "{\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,2]}}", 2, "tensor 'a': unknown dtype 'F16'" },
-                { "{\"a\":{\"dtype\":\"f32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "unknown dtype 'f32'" },
-                { "{\"a\":{\"dtype\":\"F32\",\"shape\":3,\"data_offsets\":[0,4]}}", 4, "tensor 'a': shape is not an array" },
+                { "{\"a\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+                  "tensor 'a': missing dtype" },
+                { "{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4,
+                  "tensor 'a': missing shape" },
+                { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4,
+                  "tensor 'a': missing data_offsets" },
+                { "{\"a\":{\"dtype\":4,\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+                  "tensor 'a': dtype is not a string" },
+                { "{\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,2]}}", 2,
+                  "tensor 'a': unknown dtype 'F16'" },
+                { "{\"a\":{\"dtype\":\"f32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+                  "unknown dtype 'f32'" },
+                { "{\"a\":{\"dtype\":\"F32\",\"shape\":3,\"data_offsets\":[0,4]}}", 4,
+                  "tensor 'a': shape is not an array" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,-1],\"data_offsets\":[0,4]}}", 4,
                   "tensor 'a': shape[1] is not a non-negative integer" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", 4,
                   "shape[0] is not a non-negative integer" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[\"1\"],\"data_offsets\":[0,4]}}", 4,
                   "shape[0] is not a non-negative integer" },
-                { "{\"a\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,1]}}", 1,
-                  "tensor 'a': shape has 9 dimensions (max 8)" },
-                { "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,0]}}", 0,
-                  "tensor 'a': shape [4294967296, 4294967296] overflows" },
+                { "{\"a\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,1]}}",
+                  1, "tensor 'a': shape has 9 dimensions (max 8)" },
+                { "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,"
+                  "0]}}",
+                  0, "tensor 'a': shape [4294967296, 4294967296] overflows" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", 4,
                   "tensor 'a': data_offsets is not an array of two integers" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}}", 8,
@@ -415,36 +471,39 @@ static void test_reject_header(void **state) {
                   "tensor 'a': data_offsets [8, 4] end before begin" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 3,
                   "tensor 'a': data_offsets [0, 4] past end of data (size 3" },
-                { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[9223372036854775800,9223372036854775804]}}", 4,
-                  "past end of data" },
+                { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[9223372036854775800,"
+                  "9223372036854775804]}}",
+                  4, "past end of data" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", 4,
                   "tensor 'a': data_offsets [0, 4] span 4 bytes, but F32 [2] needs 8" },
                 { "{\"a\":{\"dtype\":\"I64\",\"shape\":[1,2],\"data_offsets\":[0,8]}}", 8,
                   "span 8 bytes, but I64 [1, 2] needs 16" },
                 { "{\"a\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[0,8]},"
-                  "\"b\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[4,12]}}", 12,
-                  "tensors 'a' [0, 8] and 'b' [4, 12] overlap" },
+                  "\"b\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[4,12]}}",
+                  12, "tensors 'a' [0, 8] and 'b' [4, 12] overlap" },
                 { "{\"b\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[0,8]},"
-                  "\"a\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[0,8]}}", 8,
-                  "and 'a' [0, 8] overlap" },
+                  "\"a\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[0,8]}}",
+                  8, "and 'a' [0, 8] overlap" },
                 { "{\"a\":{\"dtype\":\"U8\",\"shape\":[16],\"data_offsets\":[0,16]},"
-                  "\"b\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]}}", 16,
-                  "tensors 'a' [0, 16] and 'b' [4, 8] overlap" },
+                  "\"b\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]}}",
+                  16, "tensors 'a' [0, 16] and 'b' [4, 8] overlap" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-                  "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", 12,
-                  "hole in data buffer: bytes [4, 8) before tensor 'b'" },
+                  "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
+                  12, "hole in data buffer: bytes [4, 8) before tensor 'b'" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8,
                   "hole in data buffer: bytes [0, 4) before tensor 'a'" },
                 { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 8,
                   "hole in data buffer: bytes [4, 8) after the last tensor" },
                 { "{\"__metadata__\":{}}", 4, "no tensors but 4 bytes of data" },
                 { "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
-                  "\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}", 2,
-                  "duplicate object key" },
+                  "\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
+                  2, "duplicate object key" },
                 { "{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 0, "duplicate object key" },
                 { "{\"__metadata__\":[]}", 0, "__metadata__ is not an object" },
-                { "{\"__metadata__\":{\"step\":\"1\",\"n\":5}}", 0, "__metadata__ key 'n': value is not a string" },
-                { "{\"__metadata__\":{\"n\":null}}", 0, "__metadata__ key 'n': value is not a string" },
+                { "{\"__metadata__\":{\"step\":\"1\",\"n\":5}}", 0,
+                  "__metadata__ key 'n': value is not a string" },
+                { "{\"__metadata__\":{\"n\":null}}", 0,
+                  "__metadata__ key 'n': value is not a string" },
         };
 
         for (size_t i = 0; i < ARRAY_SIZE(cases); i++)
@@ -452,10 +511,11 @@ static void test_reject_header(void **state) {
 
         /* Sanity check of the helper: zero-size tensors are fine anywhere at the cursor. */
         size_t size;
-        _cleanup_free_ uint8_t *b = make_st("{\"z\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[4,4]},"
-                                            "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-                                            "\"e\":{\"dtype\":\"I64\",\"shape\":[0],\"data_offsets\":[0,0]}}",
-                                            "abcd", 4, &size);
+        _cleanup_free_ uint8_t *b =
+                make_st("{\"z\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[4,4]},"
+                        "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                        "\"e\":{\"dtype\":\"I64\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+                        "abcd", 4, &size);
         st_file *f = NULL;
         assert_int_equal(st_parse(b, size, "ok", &f), 0);
         assert_int_equal(st_n_tensors(f), 3);
@@ -464,10 +524,13 @@ static void test_reject_header(void **state) {
 }
 
 static void test_load_errors(void **state) {
-        _cleanup_free_ char *missing = test_tmp_path("missing.st"), *empty = test_tmp_path("empty.st"),
-                            *trunc = test_tmp_path("trunc.st"), *log = NULL;
+        _cleanup_free_ char *missing = test_tmp_path("missing.st"),
+                            *empty = test_tmp_path("empty.st"), *trunc = test_tmp_path("trunc.st"),
+                            *log = NULL;
         uint8_t data[16];
-        st_tensor t = { .name = "w", .dtype = ST_U8, .ndim = 1, .shape = { 16 }, .data = data, .nbytes = 16 };
+        st_tensor t = {
+                .name = "w", .dtype = ST_U8, .ndim = 1, .shape = { 16 }, .data = data, .nbytes = 16
+        };
         st_file *f = NULL;
         int r, fd;
 
@@ -523,12 +586,23 @@ static void test_load_errors(void **state) {
 }
 
 static void test_write_errors(void **state) {
-        _cleanup_free_ char *bad = test_tmp_path("no-such-dir/x.safetensors"), *nodir = test_tmp_path("no-such-dir"),
-                            *dir = test_tmp_path("werr"), *target = NULL, *file = NULL, *log = NULL;
+        _cleanup_free_ char *bad = test_tmp_path("no-such-dir/x.safetensors"),
+                            *nodir = test_tmp_path("no-such-dir"), *dir = test_tmp_path("werr"),
+                            *target = NULL, *file = NULL, *log = NULL;
         float v[4] = { 1, 2, 3, 4 };
         st_tensor t[2] = {
-                { .name = "w", .dtype = ST_F32, .ndim = 1, .shape = { 4 }, .data = v, .nbytes = 16 },
-                { .name = "w2", .dtype = ST_F32, .ndim = 2, .shape = { 2, 2 }, .data = v, .nbytes = 16 },
+                { .name = "w",
+                  .dtype = ST_F32,
+                  .ndim = 1,
+                  .shape = { 4 },
+                  .data = v,
+                  .nbytes = 16 },
+                { .name = "w2",
+                  .dtype = ST_F32,
+                  .ndim = 2,
+                  .shape = { 2, 2 },
+                  .data = v,
+                  .nbytes = 16 },
         };
         struct stat st;
         int r;
@@ -563,7 +637,12 @@ static void test_write_errors(void **state) {
          * removed, an existing target left intact. */
         _cleanup_free_ char *keep = NULL;
         _cleanup_free_ uint8_t *bigbuf = calloc(1, 1 << 20);
-        st_tensor tb = { .name = "big", .dtype = ST_U8, .ndim = 1, .shape = { 1 << 20 }, .data = bigbuf, .nbytes = 1 << 20 };
+        st_tensor tb = { .name = "big",
+                         .dtype = ST_U8,
+                         .ndim = 1,
+                         .shape = { 1 << 20 },
+                         .data = bigbuf,
+                         .nbytes = 1 << 20 };
         struct rlimit old_lim, lim;
         st_file *f = NULL;
 
@@ -611,15 +690,33 @@ static void test_write_errors(void **state) {
                 st_tensor tt[2] = { t[0], t[1] };
                 st_meta m[2] = { { "k", "v" }, { "k2", "v2" } };
                 switch (cases[i].which) {
-                case 0: tt[0].nbytes = 15; break;
-                case 1: tt[1].name = "w"; break;
-                case 2: tt[1].name = "__metadata__"; break;
-                case 3: tt[0].data = NULL; break;
-                case 4: tt[0].name = ""; break;
-                case 5: tt[0].ndim = 9; break;
-                case 6: m[1].key = "k"; break;
-                case 7: tt[0].dtype = (st_dtype) 7; break;
-                case 8: m[0].value = "\xff\xfe"; break;
+                case 0:
+                        tt[0].nbytes = 15;
+                        break;
+                case 1:
+                        tt[1].name = "w";
+                        break;
+                case 2:
+                        tt[1].name = "__metadata__";
+                        break;
+                case 3:
+                        tt[0].data = NULL;
+                        break;
+                case 4:
+                        tt[0].name = "";
+                        break;
+                case 5:
+                        tt[0].ndim = 9;
+                        break;
+                case 6:
+                        m[1].key = "k";
+                        break;
+                case 7:
+                        tt[0].dtype = (st_dtype) 7;
+                        break;
+                case 8:
+                        m[0].value = "\xff\xfe";
+                        break;
                 case 9: /* shape product overflows 64 bits */
                         tt[0].ndim = 2;
                         tt[0].shape[0] = tt[0].shape[1] = UINT64_C(1) << 32;
@@ -638,8 +735,8 @@ static void test_write_errors(void **state) {
 }
 
 static void test_fileio(void **state) {
-        _cleanup_free_ char *p = test_tmp_path("fileio.bin"), *dir = test_tmp_path("fio"), *tmp = NULL,
-                            *names = NULL;
+        _cleanup_free_ char *p = test_tmp_path("fileio.bin"), *dir = test_tmp_path("fio"),
+                            *tmp = NULL, *names = NULL;
         _cleanup_free_ uint8_t *src = malloc(3000 * 7), *back = NULL;
         _cleanup_free_ struct iovec *iov = calloc(3001, sizeof(struct iovec));
         size_t n;
@@ -731,10 +828,25 @@ static void test_fuzz(void **state) {
         uint8_t b[5] = { 1, 2, 3, 4, 5 };
         int64_t big[2] = { -1, 1 };
         st_tensor t[] = {
-                { .name = "h.0.w", .dtype = ST_F32, .ndim = 2, .shape = { 2, 3 }, .data = w, .nbytes = 24 },
-                { .name = "ids", .dtype = ST_I32, .ndim = 1, .shape = { 3 }, .data = ids, .nbytes = 12 },
+                { .name = "h.0.w",
+                  .dtype = ST_F32,
+                  .ndim = 2,
+                  .shape = { 2, 3 },
+                  .data = w,
+                  .nbytes = 24 },
+                { .name = "ids",
+                  .dtype = ST_I32,
+                  .ndim = 1,
+                  .shape = { 3 },
+                  .data = ids,
+                  .nbytes = 12 },
                 { .name = "b", .dtype = ST_U8, .ndim = 1, .shape = { 5 }, .data = b, .nbytes = 5 },
-                { .name = "big", .dtype = ST_I64, .ndim = 1, .shape = { 2 }, .data = big, .nbytes = 16 },
+                { .name = "big",
+                  .dtype = ST_I64,
+                  .ndim = 1,
+                  .shape = { 2 },
+                  .data = big,
+                  .nbytes = 16 },
         };
         st_meta m[] = { { "step", "10" }, { "cursor", "12345" } };
         static const char interesting[] = "{}[]\":,-0123456789eE. \\u\x00\xff";
@@ -757,20 +869,32 @@ static void test_fuzz(void **state) {
                 if (iter % 5 == 0) {
                         /* Data bytes only: must still be accepted. */
                         for (unsigned j = 0; j < nmut; j++)
-                                buf[8 + hl + rnd() % (orig_size - 8 - hl)] ^= (uint8_t) (1 + rnd() % 255);
+                                buf[8 + hl + rnd() % (orig_size - 8 - hl)] ^=
+                                        (uint8_t) (1 + rnd() % 255);
                         nmut = 0;
                 }
                 for (unsigned j = 0; j < nmut; j++) {
                         if (size == 0)
                                 break;
-                        size_t pos = (size_t) (rnd() % 4 == 0 ? rnd() % size : 8 + rnd() % hl); /* mostly header */
+                        size_t pos = (size_t) (rnd() % 4 == 0 ? rnd() % size
+                                                              : 8 + rnd() % hl); /* mostly header */
                         pos %= size;
                         switch (rnd() % 5) {
-                        case 0: buf[pos] ^= (uint8_t) (1u << (rnd() % 8)); break;
-                        case 1: buf[pos] = (uint8_t) interesting[rnd() % (sizeof interesting - 1)]; break;
-                        case 2: buf[pos] = (uint8_t) rnd(); break;
-                        case 3: size = (size_t) (rnd() % (size + 1)); break; /* truncate */
-                        case 4: buf[rnd() % 8] = (uint8_t) rnd(); break;     /* header length */
+                        case 0:
+                                buf[pos] ^= (uint8_t) (1u << (rnd() % 8));
+                                break;
+                        case 1:
+                                buf[pos] = (uint8_t) interesting[rnd() % (sizeof interesting - 1)];
+                                break;
+                        case 2:
+                                buf[pos] = (uint8_t) rnd();
+                                break;
+                        case 3:
+                                size = (size_t) (rnd() % (size + 1));
+                                break; /* truncate */
+                        case 4:
+                                buf[rnd() % 8] = (uint8_t) rnd();
+                                break; /* header length */
                         }
                 }
                 uint8_t *exact = malloc(size ? size : 1);
@@ -822,14 +946,10 @@ static void test_fuzz(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_dtypes),
-                cmocka_unit_test(test_roundtrip),
-                cmocka_unit_test(test_handmade),
-                cmocka_unit_test(test_reject_size),
-                cmocka_unit_test(test_reject_header),
-                cmocka_unit_test(test_load_errors),
-                cmocka_unit_test(test_write_errors),
-                cmocka_unit_test(test_fileio),
+                cmocka_unit_test(test_dtypes),        cmocka_unit_test(test_roundtrip),
+                cmocka_unit_test(test_handmade),      cmocka_unit_test(test_reject_size),
+                cmocka_unit_test(test_reject_header), cmocka_unit_test(test_load_errors),
+                cmocka_unit_test(test_write_errors),  cmocka_unit_test(test_fileio),
                 cmocka_unit_test(test_fuzz),
         };
         return cmocka_run_group_tests(tests, setup_group, test_tmpdir_remove);

@@ -17,7 +17,9 @@
 #include "rng.h"
 #include "sample.h"
 
-static const model_config cfg = { .name = "custom", .block_size = 32, .n_embd = 32, .n_layer = 2, .n_head = 4 };
+static const model_config cfg = {
+        .name = "custom", .block_size = 32, .n_embd = 32, .n_layer = 2, .n_head = 4
+};
 
 static model *new_model_with(const model_config *c) {
         model *m;
@@ -39,7 +41,9 @@ static model *new_model(void) {
 /* 150 positions: the full pass works in attention row blocks of 64, the cache one at a time */
 #define KV_T 150
 static void test_kv_cache_matches_forward(void **state) {
-        const model_config long_cfg = { .name = "custom", .block_size = KV_T, .n_embd = 32, .n_layer = 2, .n_head = 4 };
+        const model_config long_cfg = {
+                .name = "custom", .block_size = KV_T, .n_embd = 32, .n_layer = 2, .n_head = 4
+        };
         model *m = new_model_with(&long_cfg);
         sampler *s;
         uint8_t tok[KV_T];
@@ -58,7 +62,8 @@ static void test_kv_cache_matches_forward(void **state) {
                 for (int v = 0; v < MODEL_VOCAB; v++)
                         worst = fmax(worst, fabs(logits[v] - ref[v]) / fmax(fabs(ref[v]), 1e-2));
         }
-        printf("kv cache: worst relative logit difference over %d positions %.3g (bound 1e-4: sgemm and the cached path sum in different orders)\n",
+        printf("kv cache: worst relative logit difference over %d positions %.3g (bound 1e-4: "
+               "sgemm and the cached path sum in different orders)\n",
                KV_T, worst);
         assert_true(worst < 1e-4);
         /* the window is full now */
@@ -93,7 +98,8 @@ static void test_greedy_deterministic(void **state) {
         }
         /* generation stops at the block size */
         uint8_t longer[64];
-        assert_int_equal(sample_generate(s, (const uint8_t *) "ab", 2, longer, sizeof(longer), &greedy), 31);
+        assert_int_equal(
+                sample_generate(s, (const uint8_t *) "ab", 2, longer, sizeof(longer), &greedy), 31);
         (void) logits;
         sampler_free(s);
         model_free(m);

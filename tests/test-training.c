@@ -17,7 +17,9 @@
 #include "model.h"
 #include "rng.h"
 
-static const model_config cfg16 = { .name = "custom", .block_size = 16, .n_embd = 16, .n_layer = 2, .n_head = 2 };
+static const model_config cfg16 = {
+        .name = "custom", .block_size = 16, .n_embd = 16, .n_layer = 2, .n_head = 2
+};
 
 static void random_bytes(uint8_t *buf, size_t n, uint64_t seed) {
         rng_t r;
@@ -27,7 +29,9 @@ static void random_bytes(uint8_t *buf, size_t n, uint64_t seed) {
 }
 
 static void test_lr_schedule(void **state) {
-        lr_schedule s = { .lr_max = 1e-3f, .lr_min = 1e-4f, .warmup_steps = 10, .total_steps = 110 };
+        lr_schedule s = {
+                .lr_max = 1e-3f, .lr_min = 1e-4f, .warmup_steps = 10, .total_steps = 110
+        };
 
         /* warmup: (step+1)/10 of the peak */
         assert_float_equal(lr_at(&s, 0), 1e-4f, 1e-9f);
@@ -76,7 +80,8 @@ static void test_grad_accumulation(void **state) {
                 double d = fabs(big->grads[i] - micro->grads[i]);
                 worst = fmax(worst, d / (1e-4 * fabs(big->grads[i]) + 1e-6 * gmax));
         }
-        printf("accumulation: worst difference %.3g of the bound (1e-4 relative + 1e-6 max|g|)\n", worst);
+        printf("accumulation: worst difference %.3g of the bound (1e-4 relative + 1e-6 max|g|)\n",
+               worst);
         assert_true(worst <= 1.0);
         model_free(big);
         model_free(micro);
@@ -95,7 +100,9 @@ static void test_clipping(void **state) {
         /* a layout of exactly n parameters: one 1-D view */
         memset(&lay, 0, sizeof(lay));
         lay.n_views = 1;
-        lay.views[0] = (model_view) { .name = "x", .offset = 0, .numel = n, .ndim = 1, .shape = { (int) n }, .decay = true };
+        lay.views[0] = (model_view){
+                .name = "x", .offset = 0, .numel = n, .ndim = 1, .shape = { (int) n }, .decay = true
+        };
         rng_seed(&r, 4);
         for (size_t i = 0; i < n; i++) {
                 pa[i] = pb[i] = rng_normal(&r);
@@ -147,7 +154,8 @@ static void test_deterministic(void **state) {
                 if (run == 1) {
                         assert_memory_equal(after[0], after[1], m->layout.n_params * sizeof(float));
                         model_init_params(m, 22);
-                        assert_memory_not_equal(after[0], m->params, m->layout.n_params * sizeof(float));
+                        assert_memory_not_equal(after[0], m->params,
+                                                m->layout.n_params * sizeof(float));
                 }
                 model_free(m);
                 adamw_free(&opt);
@@ -162,7 +170,8 @@ static void test_deterministic(void **state) {
 #define LEARN_STEPS 300
 #define LEARN_THRESHOLD 1.0f
 static void test_learns(void **state) {
-        static const char *const words[] = { "the ", "cat ", "sat ", "on ", "a ", "mat. ", "dog ", "ran ", "far ", "and\n" };
+        static const char *const words[] = { "the ",  "cat ", "sat ", "on ",  "a ",
+                                             "mat. ", "dog ", "ran ", "far ", "and\n" };
         enum { B = 8, T = 64, TEXT = 1 << 16 };
         static uint8_t text[TEXT];
         uint8_t tok[B * T], tgt[B * T];
@@ -184,7 +193,9 @@ static void test_learns(void **state) {
         model_init_params(m, 1);
         adamw_hparams_default(&hp);
         assert_int_equal(adamw_new(m->layout.n_params, &hp, &opt), 0);
-        lr_schedule sched = { .lr_max = 3e-3f, .lr_min = 3e-4f, .warmup_steps = 20, .total_steps = LEARN_STEPS };
+        lr_schedule sched = {
+                .lr_max = 3e-3f, .lr_min = 3e-4f, .warmup_steps = 20, .total_steps = LEARN_STEPS
+        };
         for (int s = 0; s < LEARN_STEPS; s++) {
                 for (int b = 0; b < B; b++) {
                         size_t at = rng_below(&r, TEXT - T - 1);
@@ -213,10 +224,8 @@ static int setup(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_lr_schedule),
-                cmocka_unit_test(test_grad_accumulation),
-                cmocka_unit_test(test_clipping),
-                cmocka_unit_test(test_deterministic),
+                cmocka_unit_test(test_lr_schedule), cmocka_unit_test(test_grad_accumulation),
+                cmocka_unit_test(test_clipping),    cmocka_unit_test(test_deterministic),
                 cmocka_unit_test(test_learns),
         };
         return cmocka_run_group_tests(tests, setup, NULL);

@@ -66,10 +66,10 @@ static inline void test_fill_params_splitmix20(const model_layout *lay, float *p
 /* ---- comparing buffers ---- */
 
 typedef struct {
-        double max_rel; /* max_i |got_i - want_i| / max(|want_i|, floor); INFINITY on NaN/Inf */
-        double max_abs; /* max_i |got_i - want_i| */
-        size_t worst;   /* index of max_rel */
-        float got, want;/* at worst */
+        double max_rel;  /* max_i |got_i - want_i| / max(|want_i|, floor); INFINITY on NaN/Inf */
+        double max_abs;  /* max_i |got_i - want_i| */
+        size_t worst;    /* index of max_rel */
+        float got, want; /* at worst */
         double floor;
 } test_err;
 
