@@ -16,21 +16,8 @@
 #define IO_CHUNK ((size_t) 1 << 30)
 
 int write_full(int fd, const void *buf, size_t n) {
-        const uint8_t *p = buf;
-
-        while (n > 0) {
-                ssize_t k = write(fd, p, MIN(n, IO_CHUNK));
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -EIO;
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
+        const struct iovec one = { .iov_base = (void *) buf, .iov_len = n };
+        return writev_full(fd, &one, 1);
 }
 
 int writev_full(int fd, const struct iovec *iov, size_t n_iov) {

@@ -122,21 +122,22 @@ static const st_tensor *tensor(const char *name, st_dtype dtype, size_t numel) {
 }
 
 /* Copies out (the data inside the file need not be aligned). Caller frees. */
-static float *load_f32(const char *name, size_t numel) {
-        const st_tensor *t = tensor(name, ST_F32, numel);
-        float *p = malloc(numel * sizeof(float) + 1);
+static void *load(const char *name, st_dtype dtype, size_t numel) {
+        const st_tensor *t = tensor(name, dtype, numel);
+        void *p = malloc(numel * st_dtype_size(dtype) + 1);
         assert_non_null(p);
-        memcpy(p, t->data, numel * sizeof(float));
+        memcpy(p, t->data, numel * st_dtype_size(dtype));
         return p;
 }
 
-static int32_t *load_i32(const char *name, size_t numel) {
-        const st_tensor *t = tensor(name, ST_I32, numel);
-        int32_t *p = malloc(numel * sizeof(int32_t) + 1);
-        assert_non_null(p);
-        memcpy(p, t->data, numel * sizeof(int32_t));
-        return p;
+static float *load_f32(const char *name, size_t numel) {
+        return load(name, ST_F32, numel);
 }
+
+static int32_t *load_i32(const char *name, size_t numel) {
+        return load(name, ST_I32, numel);
+}
+
 
 static float load_scalar(const char *name) {
         float v;
