@@ -139,6 +139,7 @@ typedef struct {
         double start, last_print, window_start;
         long window_tokens, first_step;
         float tok_per_sec;
+        bool val_unprinted; /* log lines show a held-out loss once, when it is new */
 } progress;
 
 static void progress_report(progress *p, const trainer_opts *o, long step, float loss, float val,
@@ -164,12 +165,13 @@ static void progress_report(progress *p, const trainer_opts *o, long step, float
                         fprintf(stderr, "  val %.4f", val);
         } else {
                 long every = MAX(1L, o->steps / 20);
-                if (step % every != 0 && now - p->last_print < 30.0)
+                if (step % every != 0 && now - p->last_print < 30.0 && !p->val_unprinted)
                         return;
                 fprintf(stderr, "step %ld/%ld loss %.4f lr %.2e %.0f tok/s ETA %s", step, o->steps,
                         loss, lr, p->tok_per_sec, eta);
-                if (isfinite(val))
+                if (p->val_unprinted && isfinite(val))
                         fprintf(stderr, " val %.4f", val);
+                p->val_unprinted = false;
                 fputc('\n', stderr);
         }
         p->last_print = now;
@@ -290,8 +292,10 @@ int trainer_run(const trainer_opts *o) {
                         goto out;
                 }
                 bool eval = o->eval_every > 0 && cs.step % o->eval_every == 0;
-                if (eval)
+                if (eval) {
                         val = validation_loss(m, &data, B, T, tok, tgt);
+                        prog.val_unprinted = true;
+                }
                 progress_report(&prog, o, cs.step, loss, val, lr, tokens_per_step);
                 if (o->checkpoint && o->checkpoint_every > 0 &&
                     cs.step % o->checkpoint_every == 0 && cs.step < o->steps) {
