@@ -19,19 +19,20 @@ BUILD ?= build
 endif
 
 # Debian packages the build and the tests need, and the pkg-config names that prove them.
-DEB_PKGS := build-essential pkg-config libopenblas-dev libjansson-dev libcmocka-dev
-DEV_PKGS := cppcheck clang-tidy clang-format
-PC_PKGS := openblas jansson cmocka
+DEB_PKGS := build-essential pkg-config libopenblas-dev libjansson-dev libcmocka-dev \
+	clang llvm libbpf-dev bpftool libsystemd-dev
+PC_PKGS := openblas jansson cmocka libbpf libsystemd
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 PC_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PC_PKGS) 2>/dev/null)
-PC_LIBS := $(shell $(PKG_CONFIG) --libs openblas jansson 2>/dev/null)
+PC_LIBS := $(shell $(PKG_CONFIG) --libs openblas jansson libbpf libsystemd 2>/dev/null)
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 
 WARNINGS := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
 	-Wno-unused-parameter -Wformat=2 -Wvla
 CFLAGS ?= -O2 -g
-override CFLAGS += -std=gnu11 $(WARNINGS) -D_GNU_SOURCE -Icommon -Ikernels -Idaemon $(PC_CFLAGS) \
+override CFLAGS += -std=gnu11 $(WARNINGS) -D_GNU_SOURCE -Icommon -Ikernels -Idaemon -Ibpf -I$(BUILD)/bpf \
+	$(PC_CFLAGS) \
 	-fno-strict-aliasing -MMD -MP
 ifeq ($(NATIVE),1)
 override CFLAGS += -march=native
@@ -42,13 +43,44 @@ override LDFLAGS += -fsanitize=address,undefined
 endif
 LDLIBS := $(PC_LIBS) -lm -lpthread
 
-LIB_SRCS := $(wildcard common/*.c kernels/*.c) $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+LIB_SRCS := $(wildcard common/*.c kernels/*.c) $(filter-out daemon/main.c,$(wildcard daemon/*.c)) \
+	$(filter-out %.bpf.c,$(wildcard bpf/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_SRCS := $(wildcard tests/test-*.c)
 TESTS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCHES := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 PROGRAMS := $(BUILD)/edged
+
+# eBPF programs: compiled with clang for the BPF target against the running kernel's BTF
+# (bpftool dumps it as vmlinux.h; without BTF the small vendored bpf/vmlinux-min.h serves,
+# since CO-RE relocates every field access at load time), then wrapped in a libbpf
+# skeleton header the loader includes.
+BPFTOOL ?= $(or $(shell command -v bpftool 2>/dev/null),/usr/sbin/bpftool)
+BPF_CLANG ?= clang
+BPF_ARCH := $(shell $(CC) -dumpmachine 2>/dev/null | sed -e 's/^x86_64.*/x86/' -e 's/^aarch64.*/arm64/' \
+	-e 's/^arm.*/arm/' -e 's/^riscv64.*/riscv/' -e 's/-.*//')
+VMLINUX_BTF ?= /sys/kernel/btf/vmlinux
+BPF_SRCS := $(wildcard bpf/*.bpf.c)
+BPF_SKELS := $(BPF_SRCS:bpf/%.bpf.c=$(BUILD)/bpf/%.skel.h)
+
+$(BUILD)/bpf/vmlinux.h:
+	@mkdir -p $(dir $@)
+	@if [ -r $(VMLINUX_BTF) ] && $(BPFTOOL) btf dump file $(VMLINUX_BTF) format c > $@.tmp 2>/dev/null; then \
+		mv $@.tmp $@; echo "  GEN     $@ (from $(VMLINUX_BTF))"; \
+	else \
+		rm -f $@.tmp; cp bpf/vmlinux-min.h $@; echo "  GEN     $@ (no kernel BTF: vendored bpf/vmlinux-min.h)"; \
+	fi
+
+$(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BUILD)/bpf/vmlinux.h $(wildcard bpf/*.h)
+	$(BPF_CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(BPF_ARCH) -I$(BUILD)/bpf -Ibpf \
+		-c $< -o $@
+
+$(BUILD)/bpf/%.skel.h: $(BUILD)/bpf/%.bpf.o
+	$(BPFTOOL) gen skeleton $< name $*_bpf > $@.tmp && mv $@.tmp $@
+
+# every loader object may include any skeleton
+$(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out %.bpf.c,$(wildcard bpf/*.c))): $(BPF_SKELS)
 
 .SECONDARY:
 .PHONY: all check demo bench deps ensure-deps format analyze clean run-tests run-demo run-bench
@@ -120,14 +152,14 @@ format:
 	@command -v clang-format >/dev/null || $(SUDO) apt-get install -y clang-format
 	clang-format -i $(wildcard common/*.[ch] kernels/*.[ch] daemon/*.[ch] tests/*.[ch] bench/*.[ch])
 
-analyze: ensure-deps
+analyze: ensure-deps $(BPF_SKELS)
 	@command -v cppcheck >/dev/null && command -v clang-tidy >/dev/null || \
 		$(SUDO) apt-get install -y --no-install-recommends cppcheck clang-tidy
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
-		--inline-suppr --suppress=missingIncludeSystem -Icommon -Ikernels -Idaemon \
-		common kernels daemon tests bench
+		--inline-suppr --suppress=missingIncludeSystem -Icommon -Ikernels -Idaemon -Ibpf \
+		-i bpf/vmlinux-min.h common kernels daemon tests bench bpf
 	clang-tidy --quiet $(LIB_SRCS) daemon/main.c $(BENCH_SRCS) -- -std=gnu11 -D_GNU_SOURCE -Icommon -Ikernels \
-		-Idaemon $(PC_CFLAGS)
+		-Idaemon -Ibpf -I$(BUILD)/bpf $(PC_CFLAGS)
 
 clean:
 	rm -rf build
