@@ -6,6 +6,8 @@
 #   SANITIZE=1       build with ASan + UBSan (into build/sanitize)
 #   NATIVE=1         add -march=native (the default build runs on any x86-64 / aarch64)
 
+.DEFAULT_GOAL := all
+
 CC ?= cc
 PKG_CONFIG ?= pkg-config
 PYTHON ?= /usr/bin/python3
