@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "macros.h"
+#include "parallel.h"
+
 void adamw_hparams_default(adamw_hparams *hp) {
         *hp = (adamw_hparams){
                 .beta1 = 0.9f,
@@ -44,15 +47,40 @@ double adamw_grad_norm(const float *grads, size_t n) {
 
 /* Same arithmetic as torch.optim.AdamW (single-tensor path): decay first, then the
  * bias-corrected step with eps added after the square root's correction. */
-static void update_range(float *p, const float *g, float *m, float *v, size_t n, float lr, float wd,
-                         const adamw_hparams *hp, float step_size, float bc2_sqrt, float gscale) {
-        float decay = 1.0f - lr * wd;
+static void update_range(float *restrict p, const float *restrict g, float *restrict m,
+                         float *restrict v, size_t n, float lr, float wd, const adamw_hparams *hp,
+                         float step_size, float bc2_sqrt, float gscale) {
+        const float decay = 1.0f - lr * wd, b1 = hp->beta1, b2 = hp->beta2, eps = hp->eps;
         for (size_t i = 0; i < n; i++) {
                 float gi = g[i] * gscale;
-                m[i] = hp->beta1 * m[i] + (1.0f - hp->beta1) * gi;
-                v[i] = hp->beta2 * v[i] + (1.0f - hp->beta2) * gi * gi;
-                float denom = sqrtf(v[i]) / bc2_sqrt + hp->eps;
+                m[i] = b1 * m[i] + (1.0f - b1) * gi;
+                v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+                float denom = sqrtf(v[i]) / bc2_sqrt + eps;
                 p[i] = p[i] * decay - step_size * m[i] / denom;
+        }
+}
+
+typedef struct {
+        adamw_state *s;
+        const model_layout *lay;
+        float *params, *grads;
+        float lr, step_size, bc2_sqrt, gscale;
+} adamw_args;
+
+/* Updates the flat range [begin, end), view by view since weight decay differs. */
+static void adamw_range(void *ctx, long begin, long end, int worker) {
+        const adamw_args *a = ctx;
+        const adamw_hparams *hp = &a->s->hp;
+
+        for (size_t i = 0; i < a->lay->n_views; i++) {
+                const model_view *v = &a->lay->views[i];
+                long lo = MAX((long) v->offset, begin);
+                long hi = MIN((long) (v->offset + v->numel), end);
+                if (lo >= hi)
+                        continue;
+                update_range(a->params + lo, a->grads + lo, a->s->m + lo, a->s->v + lo,
+                             (size_t) (hi - lo), a->lr, v->decay ? hp->weight_decay : 0.0f, hp,
+                             a->step_size, a->bc2_sqrt, a->gscale);
         }
 }
 
@@ -70,15 +98,10 @@ double adamw_step(adamw_state *s, const model_layout *lay, float *params, float 
         s->t++;
         float bc1 = 1.0f - powf(hp->beta1, (float) s->t);
         float bc2 = 1.0f - powf(hp->beta2, (float) s->t);
-        float step_size = lr / bc1;
-        float bc2_sqrt = sqrtf(bc2);
+        adamw_args a = { .s = s, .lay = lay, .params = params, .grads = grads, .lr = lr,
+                         .step_size = lr / bc1, .bc2_sqrt = sqrtf(bc2), .gscale = gscale };
 
-        for (size_t i = 0; i < lay->n_views; i++) {
-                const model_view *v = &lay->views[i];
-                update_range(params + v->offset, grads + v->offset, s->m + v->offset,
-                             s->v + v->offset, v->numel, lr, v->decay ? hp->weight_decay : 0.0f, hp,
-                             step_size, bc2_sqrt, gscale);
-        }
+        par_for((long) s->n, 1L << 16, adamw_range, &a, 0);
         return norm;
 }
 

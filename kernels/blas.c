@@ -2,10 +2,13 @@
 #include "blas.h"
 
 #include <cblas.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "parallel.h"
 
 #define REEXEC_MARK "EDGED_BLAS_REEXEC"
 
@@ -15,24 +18,28 @@ void blas_choose_kernel(char **argv) {
         const char *wanted = getenv("EDGED_BLAS_CORETYPE");
         const char *current = getenv("OPENBLAS_CORETYPE");
         const char *why = getenv(REEXEC_MARK);
+        bool set_timeout = !getenv("OPENBLAS_THREAD_TIMEOUT");
 
         if (why) {
                 snprintf(origin, sizeof(origin), "%s", why);
                 unsetenv(REEXEC_MARK);
                 return;
         }
+        /* OpenBLAS's threads spin for ~2^28 cycles after each call by default, holding cores
+         * the pool (and the machine's owner) could use; 2^4 makes them sleep at once. */
+        if (set_timeout)
+                setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1);
         if (wanted && *wanted) {
                 snprintf(origin, sizeof(origin), "EDGED_BLAS_CORETYPE=%s", wanted);
-                if (current && strcmp(current, wanted) == 0)
+                if (current && strcmp(current, wanted) == 0 && !set_timeout)
                         return;
                 setenv("OPENBLAS_CORETYPE", wanted, 1);
-        } else {
-                if (!current)
-                        return;
+        } else if (current) {
                 snprintf(origin, sizeof(origin),
                          "detected by OpenBLAS; dropped inherited OPENBLAS_CORETYPE=%s", current);
                 unsetenv("OPENBLAS_CORETYPE");
-        }
+        } else if (!set_timeout)
+                return;
         setenv(REEXEC_MARK, origin, 1);
         execv("/proc/self/exe", argv);
         /* no /proc: run with the kernel we have, and say so */
@@ -54,8 +61,10 @@ const char *blas_kernel_origin(void) {
         return origin;
 }
 
+/* One knob for all the engine's threads: BLAS's and the pool's between BLAS calls. */
 void blas_set_threads(int n) {
         openblas_set_num_threads(n);
+        par_set_threads(n);
 }
 
 int blas_get_threads(void) {

@@ -8,9 +8,10 @@
  * the CPU. A value inherited from a login environment can pin a much slower kernel (e.g.
  * Haswell on an AVX-512 machine), so programs call this first thing in main(): with
  * EDGED_BLAS_CORETYPE set (the admin's explicit choice) that kernel is used; otherwise an
- * inherited OPENBLAS_CORETYPE is dropped so OpenBLAS detects the CPU itself. Either change
- * needs a re-exec, which happens at most once. Returns only if no re-exec was needed or it
- * failed. */
+ * inherited OPENBLAS_CORETYPE is dropped so OpenBLAS detects the CPU itself. It also sets
+ * OPENBLAS_THREAD_TIMEOUT (unless given) so BLAS threads sleep as soon as a call ends.
+ * These need a re-exec, which happens at most once. Returns only if no re-exec was needed
+ * or it failed. */
 void blas_choose_kernel(char **argv);
 /* Why the kernel is what it is, e.g. "detected by OpenBLAS; dropped inherited
  * OPENBLAS_CORETYPE=Haswell"; for logs and benchmark output. */

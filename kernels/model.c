@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "nn.h"
+#include "parallel.h"
 #include "rng.h"
 
 static const model_config known_configs[] = {
@@ -145,7 +146,7 @@ static size_t acts_layout(model_acts *a, const model_config *cfg, int B, int T, 
         TAKE(dbt4c2, BT * 4 * C);
         TAKE(dbtc, BT * C);
         TAKE(dqkv, BT * 3 * C);
-        TAKE(datt, (size_t) T * T);
+        TAKE(datt, (size_t) PAR_MAX_THREADS * T * T);
         TAKE(dlogits, BT * MODEL_VOCAB);
 #undef TAKE
         a->B = B;

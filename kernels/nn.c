@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "macros.h"
+#include "parallel.h"
 
 /* Hot loops get an AVX2+FMA clone picked at load time, so the portable build still runs
  * them at full width on the machines that can. */
@@ -16,6 +17,8 @@
 #endif
 
 #define LN_EPS 1e-5f
+/* elementwise work per thread below which waking another thread costs more than it saves */
+#define ELEMENT_GRAIN 32768
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_CUBIC 0.044715f
 
@@ -96,15 +99,20 @@ void nn_encoder_backward(float *dwte, float *dwpe, const float *dout, const uint
                 }
 }
 
-NN_HOT void nn_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                                 const float *weight, const float *bias, size_t N, int C) {
-        for (size_t n = 0; n < N; n++) {
-                const float *x = inp + n * C;
-                float *o = out + n * C;
-                float m = 0.0f, v = 0.0f;
-                for (int i = 0; i < C; i++)
-                        m += x[i];
-                m /= (float) C;
+typedef struct {
+        float *out, *mean, *rstd;
+        const float *inp, *weight, *bias;
+        int C;
+} layernorm_args;
+
+NN_HOT static void layernorm_forward_rows(void *ctx, long begin, long end, int worker) {
+        const layernorm_args *a = ctx;
+        const float *restrict weight = a->weight, *restrict bias = a->bias;
+        int C = a->C;
+        for (long n = begin; n < end; n++) {
+                const float *restrict x = a->inp + n * C;
+                float *restrict o = a->out + n * C;
+                float m = sum_floats(x, (size_t) C) / (float) C, v = 0.0f;
                 for (int i = 0; i < C; i++) {
                         float d = x[i] - m;
                         v += d * d;
@@ -113,9 +121,16 @@ NN_HOT void nn_layernorm_forward(float *out, float *mean, float *rstd, const flo
                 float s = 1.0f / sqrtf(v + LN_EPS);
                 for (int i = 0; i < C; i++)
                         o[i] = (x[i] - m) * s * weight[i] + bias[i];
-                mean[n] = m;
-                rstd[n] = s;
+                a->mean[n] = m;
+                a->rstd[n] = s;
         }
+}
+
+void nn_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                          const float *weight, const float *bias, size_t N, int C) {
+        layernorm_args a = { .out = out, .mean = mean, .rstd = rstd, .inp = inp,
+                             .weight = weight, .bias = bias, .C = C };
+        par_for((long) N, ELEMENT_GRAIN / C + 1, layernorm_forward_rows, &a, 0);
 }
 
 NN_HOT void nn_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -185,85 +200,106 @@ static void causal_softmax_row(float *row, int i, int n) {
 }
 
 /* Attention works on row blocks of ATT_BLOCK queries: block r only needs keys 0..end of the
- * block, so the masked upper triangle is never computed (about half the work at T = 512). */
+ * block, so the masked upper triangle is never computed (about half the work at T = 512).
+ * Heads are independent, so the pool takes them in parallel, each with single-threaded
+ * BLAS: per-head products are too small for BLAS's own threads to pay off. */
 #define ATT_BLOCK 64
 
-NN_HOT void nn_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
-                                 int H) {
-        int hs = C / H, C3 = 3 * C;
+typedef struct {
+        float *out, *att, *dqkv, *datt;
+        const float *qkv, *dout, *att_in;
+        int B, T, C, H;
+} attention_args;
+
+NN_HOT static void attention_forward_heads(void *ctx, long begin, long end, int worker) {
+        const attention_args *x = ctx;
+        int T = x->T, C = x->C, H = x->H, hs = C / H, C3 = 3 * C;
         float scale = 1.0f / sqrtf((float) hs);
 
-        for (int b = 0; b < B; b++)
-                for (int h = 0; h < H; h++) {
-                        const float *q = qkv + (size_t) b * T * C3 + h * hs;
-                        const float *k = q + C;
-                        const float *v = q + 2 * C;
-                        float *a = att + ((size_t) b * H + h) * T * T;
-                        float *o = out + (size_t) b * T * C + h * hs;
+        for (long bh = begin; bh < end; bh++) {
+                int b = (int) (bh / H), h = (int) (bh % H);
+                const float *q = x->qkv + (size_t) b * T * C3 + h * hs;
+                const float *k = q + C;
+                const float *v = q + 2 * C;
+                float *a = x->att + (size_t) bh * T * T;
+                float *o = x->out + (size_t) b * T * C + h * hs;
 
-                        for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
-                                int rows = MIN(ATT_BLOCK, T - i0), n = i0 + rows;
-                                float *ab = a + (size_t) i0 * T;
+                for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+                        int rows = MIN(ATT_BLOCK, T - i0), n = i0 + rows;
+                        float *ab = a + (size_t) i0 * T;
 
-                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hs,
-                                            scale, q + (size_t) i0 * C3, C3, k, C3, 0.0f, ab, T);
-                                for (int i = 0; i < rows; i++)
-                                        causal_softmax_row(ab + (size_t) i * T, i0 + i, n);
-                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, n,
-                                            1.0f, ab, T, v, C3, 0.0f, o + (size_t) i0 * C, C);
-                        }
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hs, scale,
+                                    q + (size_t) i0 * C3, C3, k, C3, 0.0f, ab, T);
+                        for (int i = 0; i < rows; i++)
+                                causal_softmax_row(ab + (size_t) i * T, i0 + i, n);
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, n, 1.0f,
+                                    ab, T, v, C3, 0.0f, o + (size_t) i0 * C, C);
                 }
+        }
 }
 
-NN_HOT void nn_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                                  const float *att, int B, int T, int C, int H) {
-        int hs = C / H, C3 = 3 * C;
+void nn_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int H) {
+        attention_args x = { .out = out, .att = att, .qkv = qkv, .B = B, .T = T, .C = C, .H = H };
+        par_for((long) B * H, 1, attention_forward_heads, &x, 1);
+}
+
+NN_HOT static void attention_backward_heads(void *ctx, long begin, long end, int worker) {
+        const attention_args *x = ctx;
+        int T = x->T, C = x->C, H = x->H, hs = C / H, C3 = 3 * C;
         float scale = 1.0f / sqrtf((float) hs);
+        float *datt = x->datt + (size_t) worker * T * T;
 
-        for (int b = 0; b < B; b++)
-                for (int h = 0; h < H; h++) {
-                        const float *q = qkv + (size_t) b * T * C3 + h * hs;
-                        const float *k = q + C;
-                        const float *v = q + 2 * C;
-                        float *dq = dqkv + (size_t) b * T * C3 + h * hs;
-                        float *dk = dq + C;
-                        float *dv = dq + 2 * C;
-                        const float *a = att + ((size_t) b * H + h) * T * T;
-                        const float *dy = dout + (size_t) b * T * C + h * hs;
+        for (long bh = begin; bh < end; bh++) {
+                int b = (int) (bh / H), h = (int) (bh % H);
+                const float *q = x->qkv + (size_t) b * T * C3 + h * hs;
+                const float *k = q + C;
+                const float *v = q + 2 * C;
+                float *dq = x->dqkv + (size_t) b * T * C3 + h * hs;
+                float *dk = dq + C;
+                float *dv = dq + 2 * C;
+                const float *a = x->att_in + (size_t) bh * T * T;
+                const float *dy = x->dout + (size_t) b * T * C + h * hs;
 
-                        /* dK and dV collect contributions from every row block below them */
-                        for (int t = 0; t < T; t++) {
-                                memset(dk + (size_t) t * C3, 0, (size_t) hs * sizeof(float));
-                                memset(dv + (size_t) t * C3, 0, (size_t) hs * sizeof(float));
-                        }
-                        for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
-                                int rows = MIN(ATT_BLOCK, T - i0), n = i0 + rows;
-                                const float *ab = a + (size_t) i0 * T;
-                                const float *dyb = dy + (size_t) i0 * C;
-
-                                /* dP = dY V^T, dV += P^T dY */
-                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hs,
-                                            1.0f, dyb, C, v, C3, 0.0f, datt, n);
-                                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, hs, rows,
-                                            1.0f, ab, T, dyb, C, 1.0f, dv, C3);
-                                /* softmax backward: dS = P * (dP - rowsum(P * dP)) */
-                                for (int i = 0; i < rows; i++) {
-                                        const float *p = ab + (size_t) i * T;
-                                        float *d = datt + (size_t) i * n;
-                                        int last = i0 + i;
-                                        float dot = dot_floats(p, d, (size_t) last + 1);
-                                        for (int j = 0; j <= last; j++)
-                                                d[j] = p[j] * (d[j] - dot);
-                                        for (int j = last + 1; j < n; j++)
-                                                d[j] = 0.0f;
-                                }
-                                /* dQ = scale dS K, dK += scale dS^T Q */
-                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, n,
-                                            scale, datt, n, k, C3, 0.0f, dq + (size_t) i0 * C3, C3);
-                                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, hs, rows,
-                                            scale, datt, n, q + (size_t) i0 * C3, C3, 1.0f, dk, C3);
-                        }
+                /* dK and dV collect contributions from every row block below them */
+                for (int t = 0; t < T; t++) {
+                        memset(dk + (size_t) t * C3, 0, (size_t) hs * sizeof(float));
+                        memset(dv + (size_t) t * C3, 0, (size_t) hs * sizeof(float));
                 }
+                for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+                        int rows = MIN(ATT_BLOCK, T - i0), n = i0 + rows;
+                        const float *ab = a + (size_t) i0 * T;
+                        const float *dyb = dy + (size_t) i0 * C;
+
+                        /* dP = dY V^T, dV += P^T dY */
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hs, 1.0f,
+                                    dyb, C, v, C3, 0.0f, datt, n);
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, hs, rows, 1.0f, ab,
+                                    T, dyb, C, 1.0f, dv, C3);
+                        /* softmax backward: dS = P * (dP - rowsum(P * dP)) */
+                        for (int i = 0; i < rows; i++) {
+                                const float *p = ab + (size_t) i * T;
+                                float *d = datt + (size_t) i * n;
+                                int last = i0 + i;
+                                float dot = dot_floats(p, d, (size_t) last + 1);
+                                for (int j = 0; j <= last; j++)
+                                        d[j] = p[j] * (d[j] - dot);
+                                for (int j = last + 1; j < n; j++)
+                                        d[j] = 0.0f;
+                        }
+                        /* dQ = scale dS K, dK += scale dS^T Q */
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, n, scale,
+                                    datt, n, k, C3, 0.0f, dq + (size_t) i0 * C3, C3);
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, hs, rows, scale,
+                                    datt, n, q + (size_t) i0 * C3, C3, 1.0f, dk, C3);
+                }
+        }
+}
+
+void nn_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                           const float *att, int B, int T, int C, int H) {
+        attention_args x = { .dqkv = dqkv, .datt = datt, .dout = dout, .qkv = qkv,
+                             .att_in = att, .B = B, .T = T, .C = C, .H = H };
+        par_for((long) B * H, 1, attention_backward_heads, &x, 1);
 }
 
 /* gelu(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3). The
@@ -275,22 +311,46 @@ static inline float sigmoid(float z) {
         return z >= 0.0f ? s : e * s;
 }
 
-NN_HOT void nn_gelu_forward(float *out, const float *inp, size_t n) {
-        for (size_t i = 0; i < n; i++) {
+typedef struct {
+        float *out;
+        const float *inp, *dout;
+} elementwise_args;
+
+NN_HOT static void gelu_forward_range(void *ctx, long begin, long end, int worker) {
+        const elementwise_args *a = ctx;
+        /* locals: stores through a->out could otherwise alias *a and stop vectorisation */
+        float *restrict out = a->out;
+        const float *restrict inp = a->inp;
+        for (long i = begin; i < end; i++) {
                 float x = inp[i];
                 float u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
                 out[i] = x * sigmoid(2.0f * u);
         }
 }
 
-NN_HOT void nn_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-        for (size_t i = 0; i < n; i++) {
+void nn_gelu_forward(float *out, const float *inp, size_t n) {
+        elementwise_args a = { .out = out, .inp = inp };
+        par_for((long) n, ELEMENT_GRAIN, gelu_forward_range, &a, 0);
+}
+
+NN_HOT static void gelu_backward_range(void *ctx, long begin, long end, int worker) {
+        const elementwise_args *a = ctx;
+        /* dinp may alias dout (in place), so only inp is restrict */
+        float *out = a->out;
+        const float *dout = a->dout;
+        const float *restrict inp = a->inp;
+        for (long i = begin; i < end; i++) {
                 float x = inp[i];
                 float u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
                 float sg = sigmoid(2.0f * u);
                 float du = GELU_SCALE * (1.0f + 3.0f * GELU_CUBIC * x * x);
-                dinp[i] = dout[i] * (sg + x * sg * (1.0f - sg) * 2.0f * du);
+                out[i] = dout[i] * (sg + x * sg * (1.0f - sg) * 2.0f * du);
         }
+}
+
+void nn_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+        elementwise_args a = { .out = dinp, .inp = inp, .dout = dout };
+        par_for((long) n, ELEMENT_GRAIN, gelu_backward_range, &a, 0);
 }
 
 NN_HOT void nn_residual_forward(float *out, const float *a, const float *b, size_t n) {

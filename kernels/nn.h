@@ -30,7 +30,7 @@ void nn_matmul_backward(float *dinp, float *dweight, float *dbias, const float *
 
 /* qkv (B,T,3C) -> out (B,T,C); att (B,H,T,T) keeps the softmax probabilities. */
 void nn_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int H);
-/* dqkv overwritten; datt is (T,T) scratch. */
+/* dqkv overwritten; datt is (PAR_MAX_THREADS,T,T) scratch, one slice per pool thread. */
 void nn_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
                            const float *att, int B, int T, int C, int H);
 

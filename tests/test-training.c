@@ -164,6 +164,62 @@ static void test_deterministic(void **state) {
         free(after[1]);
 }
 
+/* The pool splits heads, rows and elements between threads; every thread count must give
+ * the same gradients and update (up to BLAS summation order). 3 threads leave uneven
+ * chunks; the shapes are big enough to pass every kernel's grain. */
+static void test_threads_agree(void **state) {
+        const model_config cfg = { .name = "custom", .block_size = 160, .n_embd = 64, .n_layer = 2, .n_head = 4 };
+        enum { B = 8, T = 150 };
+        uint8_t tok[B * T], tgt[B * T];
+        float *grads[2], *params[2];
+        int threads[2] = { 1, 3 };
+
+        random_bytes(tok, sizeof(tok), 31);
+        random_bytes(tgt, sizeof(tgt), 32);
+        for (int k = 0; k < 2; k++) {
+                adamw_hparams hp;
+                adamw_state opt;
+                model *m;
+
+                blas_set_threads(threads[k]);
+                assert_int_equal(model_new(&cfg, B, T, &m), 0);
+                model_init_params(m, 5);
+                adamw_hparams_default(&hp);
+                assert_int_equal(adamw_new(m->layout.n_params, &hp, &opt), 0);
+                model_zero_grad(m);
+                assert_int_equal(model_forward(m, tok, tgt, B, T, NULL), 0);
+                assert_int_equal(model_backward(m, tok, 1.0f), 0);
+                grads[k] = malloc(m->layout.n_params * sizeof(float));
+                memcpy(grads[k], m->grads, m->layout.n_params * sizeof(float));
+                /* the same gradient into both updates: one AdamW step turns noise-sized
+                 * gradient differences into +-lr moves, which would say nothing */
+                memcpy(m->grads, grads[0], m->layout.n_params * sizeof(float));
+                adamw_step(&opt, &m->layout, m->params, m->grads, 1e-3f);
+                params[k] = malloc(m->layout.n_params * sizeof(float));
+                memcpy(params[k], m->params, m->layout.n_params * sizeof(float));
+                if (k == 1) {
+                        double gmax = 0.0, worst_g = 0.0;
+                        for (size_t i = 0; i < m->layout.n_params; i++)
+                                gmax = fmax(gmax, fabs(grads[0][i]));
+                        for (size_t i = 0; i < m->layout.n_params; i++)
+                                worst_g = fmax(worst_g, fabs(grads[0][i] - grads[1][i]) /
+                                                                (1e-4 * fabs(grads[0][i]) + 1e-6 * gmax));
+                        printf("threads: 1 vs 3 threads, worst gradient difference %.3g of the bound "
+                               "(1e-4 rel + 1e-6 max|g|); AdamW updates bit-identical\n",
+                               worst_g);
+                        assert_true(worst_g <= 1.0);
+                        assert_memory_equal(params[0], params[1], m->layout.n_params * sizeof(float));
+                }
+                model_free(m);
+                adamw_free(&opt);
+        }
+        blas_set_threads(1);
+        for (int k = 0; k < 2; k++) {
+                free(grads[k]);
+                free(params[k]);
+        }
+}
+
 /* Text from a small word chain: 10 words, each followed by any of them uniformly, so the
  * best possible loss is about ln(10)/4.3 bytes per word ~ 0.55 nats per byte. A model that
  * has learnt only byte frequencies stays above 2.3. */
@@ -226,7 +282,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_lr_schedule), cmocka_unit_test(test_grad_accumulation),
                 cmocka_unit_test(test_clipping),    cmocka_unit_test(test_deterministic),
-                cmocka_unit_test(test_learns),
+                cmocka_unit_test(test_threads_agree), cmocka_unit_test(test_learns),
         };
         return cmocka_run_group_tests(tests, setup, NULL);
 }
