@@ -14,6 +14,7 @@
 #include "macros.h"
 #include "model.h"
 #include "sample.h"
+#include "sense.h"
 #include "train.h"
 
 #define EDGED_VERSION "0.1.0"
@@ -26,6 +27,7 @@ static void usage(FILE *f) {
                    "Commands:\n"
                    "  train    train in the foreground on local files (resumes from --checkpoint)\n"
                    "  sample   generate text from a checkpoint\n"
+                "  sense    print what edged's sensors see (CPU use, temperature, power)\n"
                    "\n"
                    "Run 'edged COMMAND --help' for a command's options.\n"
                    "  -h, --help       show this help\n"
@@ -56,6 +58,22 @@ static void usage_train(FILE *f) {
                 "  --seed N               initialisation and data order (default 1)\n"
                 "  --sample-tokens N      bytes of sample text printed at the end (default 200)\n"
                 "  --progress=auto|line|log  progress display (default auto: a line on a TTY)\n");
+}
+
+static void usage_sense(FILE *f) {
+        fprintf(f,
+                "Usage: edged sense [OPTIONS]\n"
+                "\n"
+                "Prints a sensor sample every interval: CPU time by class (idle, foreground,\n"
+                "harvester) from the eBPF monitor or /proc, the hottest counted thermal zone,\n"
+                "AC and battery, pressure (PSI), free memory and load. Attach its output to\n"
+                "bug reports.\n"
+                "\n"
+                "  --interval MS   time between samples (default 1000)\n"
+                "  --count N       stop after N samples (default: until Ctrl-C)\n"
+                "  --json          one JSON object per line\n"
+                "  --root DIR      read sysfs and procfs below DIR (for fixture trees)\n"
+                "  --no-bpf        use /proc/stat even where the eBPF monitor would load\n");
 }
 
 static void usage_sample(FILE *f) {
@@ -115,6 +133,11 @@ enum {
         OPT_TOKENS,
         OPT_TEMPERATURE,
         OPT_TOP_K,
+        OPT_ROOT,
+        OPT_INTERVAL,
+        OPT_COUNT,
+        OPT_JSON,
+        OPT_NO_BPF,
 };
 
 static int cmd_train(int argc, char **argv) {
@@ -320,6 +343,54 @@ static int cmd_sample(int argc, char **argv) {
         return r < 0 ? 1 : 0;
 }
 
+static int cmd_sense(int argc, char **argv) {
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "root", required_argument, NULL, OPT_ROOT },
+                { "interval", required_argument, NULL, OPT_INTERVAL },
+                { "count", required_argument, NULL, OPT_COUNT },
+                { "json", no_argument, NULL, OPT_JSON },
+                { "no-bpf", no_argument, NULL, OPT_NO_BPF },
+                {}
+        };
+        sense_opts o = { .root = "/", .interval_ms = 1000 };
+        long v = 0;
+        int c, r = 0;
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        usage_sense(stdout);
+                        return 0;
+                case OPT_ROOT:
+                        o.root = optarg;
+                        break;
+                case OPT_INTERVAL:
+                        r = parse_long("--interval", optarg, 10, 3600 * 1000, &v);
+                        o.interval_ms = (unsigned) v;
+                        break;
+                case OPT_COUNT:
+                        r = parse_long("--count", optarg, 0, LONG_MAX, &o.count);
+                        break;
+                case OPT_JSON:
+                        o.json = true;
+                        break;
+                case OPT_NO_BPF:
+                        o.no_bpf = true;
+                        break;
+                default:
+                        return 2;
+                }
+                if (r < 0)
+                        return 2;
+        }
+        if (optind < argc) {
+                log_error("edged sense: unexpected argument '%s'", argv[optind]);
+                return 2;
+        }
+        return sense_run(&o) < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
         if (argc < 2) {
                 usage(stderr);
@@ -339,6 +410,8 @@ int main(int argc, char **argv) {
         }
         if (strcmp(argv[1], "sample") == 0)
                 return cmd_sample(argc - 1, argv + 1);
+        if (strcmp(argv[1], "sense") == 0)
+                return cmd_sense(argc - 1, argv + 1);
         log_error("edged: unknown command '%s'; see 'edged --help'", argv[1]);
         return 2;
 }
