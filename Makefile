@@ -152,14 +152,15 @@ run-bench: $(BENCHES)
 
 format:
 	@command -v clang-format >/dev/null || $(SUDO) apt-get install -y clang-format
-	clang-format -i $(wildcard common/*.[ch] kernels/*.[ch] daemon/*.[ch] tests/*.[ch] bench/*.[ch])
+	clang-format -i $(filter-out bpf/vmlinux-min.h,$(wildcard common/*.[ch] kernels/*.[ch] daemon/*.[ch] \
+		bpf/*.[ch] tests/*.[ch] bench/*.[ch]))
 
 analyze: ensure-deps $(BPF_SKELS)
 	@command -v cppcheck >/dev/null && command -v clang-tidy >/dev/null || \
 		$(SUDO) apt-get install -y --no-install-recommends cppcheck clang-tidy
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 		--inline-suppr --suppress=missingIncludeSystem -Icommon -Ikernels -Idaemon -Ibpf \
-		-i bpf/vmlinux-min.h common kernels daemon tests bench bpf
+		--suppress=unknownMacro:bench/monitor.c $(LIB_SRCS) daemon/main.c $(TEST_SRCS) $(BENCH_SRCS)
 	clang-tidy --quiet $(LIB_SRCS) daemon/main.c $(BENCH_SRCS) -- -std=gnu11 -D_GNU_SOURCE -Icommon -Ikernels \
 		-Idaemon -Ibpf -I$(BUILD)/bpf $(PC_CFLAGS)
 
