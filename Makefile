@@ -147,8 +147,12 @@ run-demo: $(PROGRAMS)
 		--lr 3e-3 --warmup 50 --eval-every 250 --checkpoint $(DEMO_DIR)/demo.safetensors
 
 BENCH_ARGS ?=
+# bench/train: training throughput and MFU; bench/monitor: the eBPF monitor's cost per
+# context switch (needs root; says so and stops otherwise). BENCH=train or BENCH=monitor
+# runs one.
+BENCH ?= train monitor
 run-bench: $(BENCHES)
-	$(BUILD)/bench/train $(BENCH_ARGS)
+	@for b in $(BENCH); do echo "=== bench/$$b"; $(BUILD)/bench/$$b $(BENCH_ARGS) || exit 1; done
 
 format:
 	@command -v clang-format >/dev/null || $(SUDO) apt-get install -y clang-format
