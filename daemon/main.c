@@ -100,6 +100,14 @@ static int parse_long(const char *opt, const char *s, long min, long max, long *
         return 0;
 }
 
+static int parse_int(const char *opt, const char *s, int min, int max, int *ret) {
+        long v = 0;
+        int r = parse_long(opt, s, min, max, &v);
+        if (r >= 0)
+                *ret = (int) v;
+        return r;
+}
+
 static int parse_float(const char *opt, const char *s, float min, float max, float *ret) {
         char *end;
         errno = 0;
@@ -198,28 +206,23 @@ static int cmd_train(int argc, char **argv) {
                         r = parse_long("--eval-every", optarg, 0, LONG_MAX, &o.eval_every);
                         break;
                 case OPT_BATCH:
-                        r = parse_long("--batch", optarg, 1, 4096, &v);
-                        o.batch = (int) v;
+                        r = parse_int("--batch", optarg, 1, 4096, &o.batch);
                         break;
                 case OPT_SEQ:
-                        r = parse_long("--seq", optarg, 1, 8192, &v);
-                        o.seq = (int) v;
+                        r = parse_int("--seq", optarg, 1, 8192, &o.seq);
                         break;
                 case OPT_ACCUM:
-                        r = parse_long("--accum", optarg, 1, 4096, &v);
-                        o.accum = (int) v;
+                        r = parse_int("--accum", optarg, 1, 4096, &o.accum);
                         break;
                 case OPT_THREADS:
-                        r = parse_long("--threads", optarg, 0, 1024, &v);
-                        o.threads = (int) v;
+                        r = parse_int("--threads", optarg, 0, 1024, &o.threads);
                         break;
                 case OPT_SEED:
                         r = parse_long("--seed", optarg, 0, LONG_MAX, &v);
                         o.seed = (uint64_t) v;
                         break;
                 case OPT_SAMPLE_TOKENS:
-                        r = parse_long("--sample-tokens", optarg, 0, 1 << 20, &v);
-                        o.sample_tokens = (int) v;
+                        r = parse_int("--sample-tokens", optarg, 0, 1 << 20, &o.sample_tokens);
                         break;
                 case OPT_LR:
                         r = parse_float("--lr", optarg, 0.0f, 10.0f, &o.lr);
@@ -293,8 +296,7 @@ static int cmd_sample(int argc, char **argv) {
                         r = parse_float("--temperature", optarg, 0.0f, 100.0f, &so.temperature);
                         break;
                 case OPT_TOP_K:
-                        r = parse_long("--top-k", optarg, 0, MODEL_VOCAB, &v);
-                        so.top_k = (int) v;
+                        r = parse_int("--top-k", optarg, 0, MODEL_VOCAB, &so.top_k);
                         break;
                 case OPT_SEED:
                         r = parse_long("--seed", optarg, 0, LONG_MAX, &v);
