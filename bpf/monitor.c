@@ -116,7 +116,6 @@ static int print_cb(enum libbpf_print_level level, const char *fmt, va_list ap) 
         int n;
 
         va_copy(aq, ap);
-        /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): va_copy is just above */
         n = vsnprintf(small, sizeof(small), fmt, aq);
         va_end(aq);
         if (n < 0)

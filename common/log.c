@@ -25,7 +25,6 @@ int log_full_errno(int level, int error, const char *fmt, ...) {
         va_start(ap, fmt);
         /* %m in the format refers to the error we were given, not to a stale errno. */
         errno = e;
-        /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): va_start is just above */
         vfprintf(stderr, fmt, ap);
         va_end(ap);
         fputc('\n', stderr);

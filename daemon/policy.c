@@ -107,7 +107,7 @@ void policy_idle_push(policy_state *s, double window_s, double now_s, double int
                 /* Long windows would need more slots than we have: merge samples into
                  * slots of at least window/(SLOTS/2) so half the ring spans the window.
                  * Only contiguous samples merge, so a slot stays one stretch of time. */
-                if (h->dur_s < window_s / (POLICY_IDLE_SLOTS / 2) &&
+                if (h->dur_s < window_s / (POLICY_IDLE_SLOTS / 2.0) &&
                     now_s - interval_s <= h->end_s + 0.5) {
                         h->avail_pct = (h->avail_pct * h->dur_s + avail_pct * interval_s) /
                                        (h->dur_s + interval_s);
