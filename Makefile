@@ -22,12 +22,12 @@ endif
 
 # Debian packages the build and the tests need, and the pkg-config names that prove them.
 DEB_PKGS := build-essential pkg-config libopenblas-dev libjansson-dev libcmocka-dev \
-	clang llvm libbpf-dev bpftool libsystemd-dev
-PC_PKGS := openblas jansson cmocka libbpf libsystemd
+	clang llvm libbpf-dev bpftool libsystemd-dev liburing-dev
+PC_PKGS := openblas jansson cmocka libbpf libsystemd liburing
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 PC_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PC_PKGS) 2>/dev/null)
-PC_LIBS := $(shell $(PKG_CONFIG) --libs openblas jansson libbpf libsystemd 2>/dev/null)
+PC_LIBS := $(shell $(PKG_CONFIG) --libs openblas jansson libbpf libsystemd liburing 2>/dev/null)
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 
 WARNINGS := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
