@@ -1,0 +1,328 @@
+/* SPDX-License-Identifier: MIT */
+#include "trainer.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "blas.h"
+#include "checkpoint.h"
+#include "log.h"
+#include "macros.h"
+
+#define DATA_CURSOR_SALT 0x6461746163757273ULL /* as the foreground trainer: same data order */
+
+struct trainer {
+        trainer_config c;
+        model *m;
+        adamw_state opt;
+        ckpt_state cs;
+        uint8_t *tok, *tgt;
+        pid_t keep_tid; /* the event loop's thread: stays at normal priority */
+
+        pthread_t thread;
+        pthread_mutex_t lock;
+        pthread_cond_t wake, changed;
+        atomic_int cores; /* read between layers without the lock */
+        atomic_bool stop;
+        bool parked;
+        double park_requested_at;
+        double park_latency;
+        trainer_stats stats;
+};
+
+static double now_s(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
+}
+
+static bool should_yield(void *userdata) {
+        trainer *t = userdata;
+        return atomic_load(&t->cores) == 0 || atomic_load(&t->stop);
+}
+
+static int set_idle(pid_t tid) {
+        struct sched_param p = { 0 };
+        return sched_setscheduler(tid, SCHED_IDLE, &p) < 0 ? -errno : 0;
+}
+
+/* Calls fn for every thread of this process except keep. */
+static int for_each_thread(pid_t keep, int (*fn)(pid_t tid, void *userdata), void *userdata) {
+        DIR *d = opendir("/proc/self/task");
+        struct dirent *de;
+        int r = 0;
+
+        if (!d)
+                return -errno;
+        while ((de = readdir(d))) {
+                char *end;
+                long tid = strtol(de->d_name, &end, 10);
+                if (end == de->d_name || *end || tid == keep)
+                        continue;
+                r = fn((pid_t) tid, userdata);
+                if (r < 0)
+                        break;
+        }
+        closedir(d);
+        return r;
+}
+
+static int idle_one(pid_t tid, void *userdata) {
+        int r = set_idle(tid);
+        /* a thread that ended between the listing and now is no longer ours to worry about */
+        return r == -ESRCH ? 0 : r;
+}
+
+int trainer_idle_threads(trainer *t) {
+        return for_each_thread(t->keep_tid, idle_one, NULL);
+}
+
+typedef struct {
+        pid_t *tids;
+        size_t max, n;
+} tid_list;
+
+static int collect_one(pid_t tid, void *userdata) {
+        tid_list *l = userdata;
+        if (l->n < l->max)
+                l->tids[l->n] = tid;
+        l->n++;
+        return 0;
+}
+
+int trainer_harvester_tids(trainer *t, pid_t *tids, size_t max, size_t *ret_n) {
+        tid_list l = { .tids = tids, .max = max };
+        int r = for_each_thread(t->keep_tid, collect_one, &l);
+        if (r < 0)
+                return r;
+        *ret_n = MIN(l.n, max);
+        return l.n > max ? -E2BIG : 0;
+}
+
+static void save(trainer *t) {
+        if (!t->c.checkpoint)
+                return;
+        if (ckpt_save(t->c.checkpoint, t->m, &t->opt, &t->cs) >= 0) {
+                pthread_mutex_lock(&t->lock);
+                t->stats.checkpoints++;
+                pthread_mutex_unlock(&t->lock);
+        }
+}
+
+/* One optimizer step over accum micro-batches; -ECANCELED when a pause cut it short, in
+ * which case nothing of it is kept (the cursor goes back too, so no data is skipped). */
+static int one_step(trainer *t) {
+        const trainer_config *c = &t->c;
+        rng_t cursor = { .state = t->cs.data_cursor };
+        float loss = 0.0f;
+        int r = 0;
+
+        model_zero_grad(t->m);
+        for (int a = 0; a < c->accum && r >= 0; a++) {
+                float l = 0.0f;
+                corpus_train_batch(c->data, &cursor, c->B, c->T, t->tok, t->tgt);
+                r = model_forward(t->m, t->tok, t->tgt, c->B, c->T, &l);
+                if (r >= 0)
+                        r = model_backward(t->m, t->tok, 1.0f / (float) c->accum);
+                loss += l / (float) c->accum;
+        }
+        if (r < 0)
+                return r;
+        adamw_step(&t->opt, &t->m->layout, t->m->params, t->m->grads, lr_at(&c->sched, t->cs.step));
+        t->cs.step++;
+        t->cs.data_cursor = cursor.state;
+
+        pthread_mutex_lock(&t->lock);
+        t->stats.step = t->cs.step;
+        t->stats.tokens += (uint64_t) c->B * (uint64_t) c->T * (uint64_t) c->accum;
+        t->stats.loss = loss;
+        pthread_cond_broadcast(&t->changed);
+        pthread_mutex_unlock(&t->lock);
+        return 0;
+}
+
+static void *thread_main(void *arg) {
+        trainer *t = arg;
+        double last_save = now_s();
+        int running_cores = 0;
+
+        /* before any BLAS call from here, so threads it starts inherit the class */
+        set_idle(0);
+        for (;;) {
+                pthread_mutex_lock(&t->lock);
+                while (atomic_load(&t->cores) == 0 && !atomic_load(&t->stop)) {
+                        if (!t->parked) {
+                                t->parked = true;
+                                t->park_latency = now_s() - t->park_requested_at;
+                                pthread_cond_broadcast(&t->changed);
+                        }
+                        pthread_cond_wait(&t->wake, &t->lock);
+                }
+                t->parked = false;
+                pthread_mutex_unlock(&t->lock);
+                if (atomic_load(&t->stop))
+                        break;
+
+                int want = atomic_load(&t->cores);
+                if (want > 0 && want != running_cores) {
+                        blas_set_threads(want);
+                        running_cores = want;
+                        trainer_idle_threads(t);
+                }
+                int r = one_step(t);
+                if (r == -ECANCELED) {
+                        pthread_mutex_lock(&t->lock);
+                        t->stats.steps_abandoned++;
+                        pthread_mutex_unlock(&t->lock);
+                        continue;
+                }
+                if (r < 0) {
+                        log_error_errno(r, "training step failed: %m");
+                        break;
+                }
+                if (t->c.checkpoint_interval_s > 0 && now_s() - last_save >= t->c.checkpoint_interval_s) {
+                        save(t);
+                        last_save = now_s();
+                }
+        }
+        pthread_mutex_lock(&t->lock);
+        t->parked = true;
+        pthread_cond_broadcast(&t->changed);
+        pthread_mutex_unlock(&t->lock);
+        return NULL;
+}
+
+int trainer_start(const trainer_config *c, trainer **ret) {
+        trainer *t = calloc(1, sizeof(*t));
+        int r;
+
+        if (!t)
+                return -ENOMEM;
+        t->c = *c;
+        t->keep_tid = (pid_t) syscall(SYS_gettid);
+        pthread_mutex_init(&t->lock, NULL);
+        pthread_cond_init(&t->wake, NULL);
+        pthread_cond_init(&t->changed, NULL);
+        atomic_init(&t->cores, 0);
+        atomic_init(&t->stop, false);
+
+        r = model_new(&c->cfg, c->B, c->T, &t->m);
+        if (r >= 0)
+                r = adamw_new(t->m->layout.n_params, &c->hp, &t->opt);
+        t->tok = malloc((size_t) c->B * c->T);
+        t->tgt = malloc((size_t) c->B * c->T);
+        if (r >= 0 && (!t->tok || !t->tgt))
+                r = -ENOMEM;
+        if (r >= 0) {
+                if (c->checkpoint && access(c->checkpoint, F_OK) == 0)
+                        r = ckpt_load(c->checkpoint, t->m, &t->opt, &t->cs);
+                else {
+                        model_init_params(t->m, c->seed);
+                        t->cs.data_cursor = c->seed ^ DATA_CURSOR_SALT;
+                }
+        }
+        if (r < 0)
+                goto fail;
+        t->stats.step = t->cs.step;
+        t->m->yield = should_yield;
+        t->m->yield_userdata = t;
+        r = -pthread_create(&t->thread, NULL, thread_main, t);
+        if (r < 0)
+                goto fail;
+        *ret = t;
+        return 0;
+fail:
+        model_free(t->m);
+        adamw_free(&t->opt);
+        free(t->tok);
+        free(t->tgt);
+        free(t);
+        return r;
+}
+
+int trainer_stop(trainer *t) {
+        if (!t)
+                return 0;
+        pthread_mutex_lock(&t->lock);
+        atomic_store(&t->stop, true);
+        pthread_cond_broadcast(&t->wake);
+        pthread_mutex_unlock(&t->lock);
+        pthread_join(t->thread, NULL);
+        save(t);
+        model_free(t->m);
+        adamw_free(&t->opt);
+        free(t->tok);
+        free(t->tgt);
+        pthread_mutex_destroy(&t->lock);
+        pthread_cond_destroy(&t->wake);
+        pthread_cond_destroy(&t->changed);
+        free(t);
+        return 0;
+}
+
+void trainer_set_cores(trainer *t, int cores) {
+        pthread_mutex_lock(&t->lock);
+        if (cores == 0 && atomic_load(&t->cores) != 0)
+                t->park_requested_at = now_s();
+        atomic_store(&t->cores, cores < 0 ? 0 : cores);
+        t->stats.cores = cores;
+        pthread_cond_broadcast(&t->wake);
+        pthread_mutex_unlock(&t->lock);
+}
+
+static int wait_until(trainer *t, double timeout_s, bool (*done)(trainer *t, long arg), long arg) {
+        struct timespec deadline;
+        int r = 0;
+
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += (time_t) timeout_s;
+        deadline.tv_nsec += (long) ((timeout_s - floor(timeout_s)) * 1e9);
+        if (deadline.tv_nsec >= 1000000000L) {
+                deadline.tv_sec++;
+                deadline.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&t->lock);
+        while (!done(t, arg) && r == 0)
+                r = pthread_cond_timedwait(&t->changed, &t->lock, &deadline);
+        bool ok = done(t, arg);
+        pthread_mutex_unlock(&t->lock);
+        return ok ? 0 : -ETIMEDOUT;
+}
+
+static bool is_parked(trainer *t, long arg) {
+        return t->parked;
+}
+
+static bool reached_step(trainer *t, long step) {
+        return t->stats.step >= step;
+}
+
+int trainer_wait_parked(trainer *t, double timeout_s, double *ret_latency_s) {
+        int r = wait_until(t, timeout_s, is_parked, 0);
+        if (r >= 0 && ret_latency_s) {
+                pthread_mutex_lock(&t->lock);
+                *ret_latency_s = t->park_latency;
+                pthread_mutex_unlock(&t->lock);
+        }
+        return r;
+}
+
+int trainer_wait_step(trainer *t, long step, double timeout_s) {
+        return wait_until(t, timeout_s, reached_step, step);
+}
+
+void trainer_get_stats(trainer *t, trainer_stats *ret) {
+        pthread_mutex_lock(&t->lock);
+        *ret = t->stats;
+        ret->parked = t->parked;
+        pthread_mutex_unlock(&t->lock);
+}

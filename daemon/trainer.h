@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The harvester: trains in a background thread at SCHED_IDLE, on as many cores as the
+ * policy grants, and parks between two layers when the grant drops to zero. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "adamw.h"
+#include "corpus.h"
+#include "model.h"
+
+typedef struct {
+        model_config cfg;
+        int B, T, accum;
+        lr_schedule sched;
+        adamw_hparams hp;
+        uint64_t seed;
+        const char *checkpoint;        /* resumed from when present; saved to */
+        double checkpoint_interval_s;  /* 0: only on request and at stop */
+        const corpus *data;            /* batch source */
+} trainer_config;
+
+typedef struct {
+        long step;
+        uint64_t tokens;
+        float loss; /* of the last step */
+        int cores;  /* granted now */
+        bool parked;
+        uint64_t steps_abandoned; /* micro-batches cut short by a pause */
+        uint64_t checkpoints;
+} trainer_stats;
+
+typedef struct trainer trainer;
+
+/* Loads or initialises the model and starts the thread, parked (no cores). The calling
+ * thread is the one that stays at normal priority (the event loop). */
+int trainer_start(const trainer_config *c, trainer **ret);
+/* Stops the thread, saves a last checkpoint, frees. */
+int trainer_stop(trainer *t);
+
+/* 0 parks the thread after the layer it is in; n > 0 runs on n cores. Returns at once. */
+void trainer_set_cores(trainer *t, int cores);
+/* Waits until the thread is parked; the time it took from the last trainer_set_cores(0). */
+int trainer_wait_parked(trainer *t, double timeout_s, double *ret_latency_s);
+/* Waits until at least 'step' optimizer steps are done. */
+int trainer_wait_step(trainer *t, long step, double timeout_s);
+void trainer_get_stats(trainer *t, trainer_stats *ret);
+
+/* Every thread of the process but the caller of trainer_start: the trainer, the kernel
+ * pool and OpenBLAS's workers, all at SCHED_IDLE. For registration with the monitor. */
+int trainer_harvester_tids(trainer *t, pid_t *tids, size_t max, size_t *ret_n);
+/* Puts every such thread at SCHED_IDLE (threads BLAS creates later inherit it from the
+ * trainer thread; the ones it made at load time do not). */
+int trainer_idle_threads(trainer *t);

@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: MIT */
+/* The harvester thread: every thread but the event loop's runs at SCHED_IDLE (OpenBLAS's
+ * workers included), a pause parks it within one layer, and parked means no progress. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rng.h"
+#include "trainer.h"
+
+#define TEXT_SIZE (1 << 18)
+#define PAUSES 25
+#define PAUSE_P99_TARGET_S 0.050
+
+static corpus data;
+
+static int setup(void **state) {
+        static const char *const words[] = { "the ", "cat ", "sat ", "on ", "a ", "mat.\n" };
+        rng_t r;
+
+        data.bytes = malloc(TEXT_SIZE);
+        if (!data.bytes)
+                return -1;
+        rng_seed(&r, 3);
+        for (size_t n = 0; n < TEXT_SIZE;) {
+                const char *w = words[rng_below(&r, 6)];
+                for (size_t i = 0; w[i] && n < TEXT_SIZE; i++)
+                        data.bytes[n++] = (uint8_t) w[i];
+        }
+        data.size = TEXT_SIZE;
+        data.train_size = TEXT_SIZE - TEXT_SIZE / 20;
+        return 0;
+}
+
+static int teardown(void **state) {
+        free(data.bytes);
+        return 0;
+}
+
+static trainer *start(const char *config, int B) {
+        trainer_config c = { .B = B, .accum = 1, .seed = 1, .data = &data };
+        trainer *t;
+
+        assert_int_equal(model_config_by_name(config, &c.cfg), 0);
+        c.T = c.cfg.block_size;
+        c.sched = (lr_schedule) { .lr_max = 1e-3f, .lr_min = 1e-4f, .warmup_steps = 10, .total_steps = 1000 };
+        adamw_hparams_default(&c.hp);
+        assert_int_equal(trainer_start(&c, &t), 0);
+        return t;
+}
+
+/* Field 41 of /proc/<pid>/task/<tid>/stat is the scheduling policy. */
+static int thread_policy(pid_t tid) {
+        char path[64], buf[1024];
+        FILE *f;
+
+        snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int) tid);
+        f = fopen(path, "re");
+        if (!f)
+                return -1;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        char *p = strrchr(buf, ')');
+        int field = 2, policy = -1;
+        for (char *tok = strtok(p + 1, " "); tok; tok = strtok(NULL, " "))
+                if (++field == 41) {
+                        policy = atoi(tok);
+                        break;
+                }
+        return policy;
+}
+
+static void test_threads_idle(void **state) {
+        trainer *t = start("tiny", 8);
+        pid_t tids[64];
+        size_t n;
+
+        trainer_set_cores(t, 2);
+        assert_int_equal(trainer_wait_step(t, 3, 60), 0);
+        assert_int_equal(trainer_harvester_tids(t, tids, 64, &n), 0);
+        printf("threads: %zu besides the event loop's:", n);
+        for (size_t i = 0; i < n; i++) {
+                int policy = thread_policy(tids[i]);
+                printf(" %d:%s", (int) tids[i], policy == SCHED_IDLE ? "idle" : "NOT-IDLE");
+                assert_int_equal(policy, SCHED_IDLE);
+        }
+        printf("\n");
+        /* the trainer, the pool's worker and OpenBLAS's worker at least */
+        assert_true(n >= 3);
+        assert_int_equal(thread_policy((pid_t) syscall(SYS_gettid)), SCHED_OTHER);
+        trainer_stop(t);
+}
+
+static int cmp_double(const void *a, const void *b) {
+        double x = *(const double *) a, y = *(const double *) b;
+        return (x > y) - (x < y);
+}
+
+static void test_pause_latency(void **state) {
+        trainer *t = start("small", 4);
+        double lat[PAUSES];
+        trainer_stats before, after;
+        rng_t r;
+
+        rng_seed(&r, 9);
+        trainer_set_cores(t, 2);
+        assert_int_equal(trainer_wait_step(t, 1, 120), 0);
+        for (int i = 0; i < PAUSES; i++) {
+                trainer_set_cores(t, 2);
+                /* land the pause anywhere inside a step */
+                struct timespec ts = { 0, (long) (10 + rng_below(&r, 150)) * 1000000L };
+                nanosleep(&ts, NULL);
+                trainer_set_cores(t, 0);
+                assert_int_equal(trainer_wait_parked(t, 10, &lat[i]), 0);
+        }
+        trainer_get_stats(t, &before);
+        nanosleep(&(struct timespec) { 0, 300 * 1000 * 1000 }, NULL);
+        trainer_get_stats(t, &after);
+        qsort(lat, PAUSES, sizeof(double), cmp_double);
+        printf("pause latency over %d pauses on small: p50 %.1f ms, p99 %.1f ms, max %.1f ms "
+               "(target p99 < %.0f ms); %llu partial steps abandoned, step %ld\n",
+               PAUSES, lat[PAUSES / 2] * 1e3, lat[(PAUSES * 99) / 100] * 1e3, lat[PAUSES - 1] * 1e3,
+               PAUSE_P99_TARGET_S * 1e3, (unsigned long long) after.steps_abandoned, after.step);
+        assert_true(lat[(PAUSES * 99) / 100] < PAUSE_P99_TARGET_S);
+        /* parked: no progress at all */
+        assert_true(after.parked);
+        assert_int_equal(before.tokens, after.tokens);
+        assert_int_equal(before.step, after.step);
+        trainer_stop(t);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_threads_idle),
+                cmocka_unit_test(test_pause_latency),
+        };
+        return cmocka_run_group_tests(tests, setup, teardown);
+}
