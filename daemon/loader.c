@@ -984,8 +984,10 @@ static int swap_index(loader *l, lindex *nix) {
 }
 
 int loader_reindex(loader *l) {
-        lindex *nix;
+        lindex *nix = NULL;
         int r = index_build(l->data_dir, l->T, &nix);
+        if (r >= 0 && !nix)
+                r = -ENODATA;
         if (r < 0)
                 return log_warning_errno(
                         r, "loader: re-index of %s failed, keeping the old one: %m", l->data_dir);
