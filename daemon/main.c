@@ -11,6 +11,7 @@
 #include "blas.h"
 #include "checkpoint.h"
 #include "log.h"
+#include "manager.h"
 #include "macros.h"
 #include "model.h"
 #include "sample.h"
@@ -20,18 +21,30 @@
 #define EDGED_VERSION "0.1.0"
 
 static void usage(FILE *f) {
-        fprintf(f, "Usage: edged COMMAND [OPTIONS]\n"
-                   "\n"
-                   "Trains a small byte-level language model in a machine's spare CPU time.\n"
-                   "\n"
-                   "Commands:\n"
-                   "  train    train in the foreground on local files (resumes from --checkpoint)\n"
-                   "  sample   generate text from a checkpoint\n"
+        fprintf(f,
+                "Usage: edged [OPTIONS]\n"
+                "       edged COMMAND [OPTIONS]\n"
+                "\n"
+                "Trains a small byte-level language model in a machine's spare CPU time.\n"
+                "Without a command it runs the service: samples the machine every second and\n"
+                "trains only while the policy allows (idle, cool, on mains power).\n"
+                "\n"
+                "  --foreground        accepted for compatibility: edged never forks\n"
+                "  --config FILE       instead of /etc/edged/edged.conf (drop-ins still apply)\n"
+                "  --root DIR          read sysfs, procfs and the standard paths below DIR\n"
+                "  --state-dir DIR     checkpoints and runtime overrides (default StateDirectory=)\n"
+                "  --control PATH      control socket (default /run/edged/control)\n"
+                "  --run-seconds N     stop after N seconds (demos, tests)\n"
+                "  --progress          print the status every second\n"
+                "\n"
+                "Commands:\n"
+                "  train    train in the foreground on local files (resumes from --checkpoint)\n"
+                "  sample   generate text from a checkpoint\n"
                 "  sense    print what edged's sensors see (CPU use, temperature, power)\n"
-                   "\n"
-                   "Run 'edged COMMAND --help' for a command's options.\n"
-                   "  -h, --help       show this help\n"
-                   "  -V, --version    show the version\n");
+                "\n"
+                "Run 'edged COMMAND --help' for a command's options.\n"
+                "  -h, --help       show this help\n"
+                "  -V, --version    show the version\n");
 }
 
 static void usage_train(FILE *f) {
@@ -146,6 +159,12 @@ enum {
         OPT_COUNT,
         OPT_JSON,
         OPT_NO_BPF,
+        OPT_FOREGROUND,
+        OPT_CONFIG_FILE,
+        OPT_STATE_DIR,
+        OPT_CONTROL,
+        OPT_RUN_SECONDS,
+        OPT_PROGRESS_LINES,
 };
 
 static int cmd_train(int argc, char **argv) {
@@ -393,11 +412,67 @@ static int cmd_sense(int argc, char **argv) {
         return sense_run(&o) < 0 ? 1 : 0;
 }
 
-int main(int argc, char **argv) {
-        if (argc < 2) {
-                usage(stderr);
+static int cmd_daemon(int argc, char **argv) {
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "foreground", no_argument, NULL, OPT_FOREGROUND },
+                { "config", required_argument, NULL, OPT_CONFIG_FILE },
+                { "root", required_argument, NULL, OPT_ROOT },
+                { "state-dir", required_argument, NULL, OPT_STATE_DIR },
+                { "control", required_argument, NULL, OPT_CONTROL },
+                { "run-seconds", required_argument, NULL, OPT_RUN_SECONDS },
+                { "progress", no_argument, NULL, OPT_PROGRESS_LINES },
+                {}
+        };
+        manager_opts o = { .root = "/" };
+        long v = 0;
+        int c, r = 0;
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                case OPT_FOREGROUND:
+                        break;
+                case OPT_CONFIG_FILE:
+                        o.config_file = optarg;
+                        break;
+                case OPT_ROOT:
+                        o.root = optarg;
+                        break;
+                case OPT_STATE_DIR:
+                        o.state_dir = optarg;
+                        break;
+                case OPT_CONTROL:
+                        o.control_path = optarg;
+                        break;
+                case OPT_RUN_SECONDS:
+                        r = parse_long("--run-seconds", optarg, 1, 365L * 86400, &v);
+                        o.run_seconds = (double) v;
+                        break;
+                case OPT_PROGRESS_LINES:
+                        o.progress = true;
+                        break;
+                default:
+                        return 2;
+                }
+                if (r < 0)
+                        return 2;
+        }
+        if (optind < argc) {
+                log_error("edged: unknown command '%s'; see 'edged --help'", argv[optind]);
                 return 2;
         }
+        blas_choose_kernel(argv);
+        return manager_run(&o) < 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+        if (argc < 2 || (argv[1][0] == '-' && strcmp(argv[1], "-h") != 0 &&
+                         strcmp(argv[1], "--help") != 0 && strcmp(argv[1], "-V") != 0 &&
+                         strcmp(argv[1], "--version") != 0))
+                return cmd_daemon(argc, argv);
         if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
                 usage(stdout);
                 return 0;
