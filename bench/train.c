@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "time-util.h"
 #include "adamw.h"
 #include "blas.h"
 #include "macros.h"
@@ -100,12 +101,6 @@ typedef struct {
         long torch_best_rss_kib;
 } bench_row;
 
-static double now_sec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
-}
-
 static long max_rss_kib(void) {
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
@@ -122,7 +117,7 @@ static void cpu_snapshot_take(cpu_snapshot *s) {
         FILE *f = fopen("/proc/stat", "re");
 
         memset(s, 0, sizeof(*s));
-        s->wall = now_sec();
+        s->wall = mono_now_s();
         if (!f)
                 return;
         if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
@@ -365,25 +360,25 @@ typedef struct {
 
 static int train_step(model *m, adamw_state *opt, const uint8_t *data, int B, int T,
                       float *ret_loss, step_times *st) {
-        double t0 = now_sec(), t1, t2, t3;
+        double t0 = mono_now_s(), t1, t2, t3;
         int r;
 
         model_zero_grad(m);
-        t1 = now_sec();
+        t1 = mono_now_s();
         r = model_forward(m, data, data + 1, B, T, ret_loss);
         if (r < 0)
                 return r;
-        t2 = now_sec();
+        t2 = mono_now_s();
         r = model_backward(m, data, 1.0f);
         if (r < 0)
                 return r;
-        t3 = now_sec();
+        t3 = mono_now_s();
         adamw_step(opt, &m->layout, m->params, m->grads, LR);
         if (st) {
                 st->zero += t1 - t0;
                 st->fwd += t2 - t1;
                 st->bwd += t3 - t2;
-                st->adamw += now_sec() - t3;
+                st->adamw += mono_now_s() - t3;
         }
         return 0;
 }
@@ -403,7 +398,7 @@ static uint8_t *random_bytes(size_t n) {
 
 static int timed_steps(model *m, adamw_state *opt, const uint8_t *data, const bench_plan *p,
                        double max_seconds, c_result *res) {
-        double times[MAX_STEPS], start = now_sec();
+        double times[MAX_STEPS], start = mono_now_s();
         int n = 0, r;
 
         for (int i = 0; i < p->warmup; i++) {
@@ -412,12 +407,12 @@ static int timed_steps(model *m, adamw_state *opt, const uint8_t *data, const be
                         return r;
         }
         while (n < p->steps) {
-                double t0 = now_sec();
+                double t0 = mono_now_s();
                 r = train_step(m, opt, data, p->B, p->T, &res->loss, NULL);
                 if (r < 0)
                         return r;
-                times[n++] = now_sec() - t0;
-                if (n >= 3 && now_sec() - start > max_seconds)
+                times[n++] = mono_now_s() - t0;
+                if (n >= 3 && mono_now_s() - start > max_seconds)
                         break;
         }
         qsort(times, (size_t) n, sizeof(times[0]), cmp_double);
@@ -435,10 +430,10 @@ static int profiled_steps(model *m, adamw_state *opt, const uint8_t *data, const
 
         memset(&res->prof, 0, sizeof(res->prof));
         m->profile = &res->prof;
-        double t0 = now_sec();
+        double t0 = mono_now_s();
         for (int i = 0; i < p->profile_steps && r >= 0; i++)
                 r = train_step(m, opt, data, p->B, p->T, &res->loss, &st);
-        res->prof_step = now_sec() - t0;
+        res->prof_step = mono_now_s() - t0;
         m->profile = NULL;
         res->prof_steps = p->profile_steps;
         res->prof_zero = st.zero;
@@ -1048,7 +1043,7 @@ int main(int argc, char **argv) {
         bench_opts o;
         bool torch;
         int n_rows = 0;
-        double t0 = now_sec();
+        double t0 = mono_now_s();
 
         /* the kernel edged itself would use (EDGED_BLAS_CORETYPE=... to compare another);
          * PyTorch's runs inherit the same environment */
@@ -1075,6 +1070,6 @@ int main(int argc, char **argv) {
                 print_breakdown(&rows[i]);
         if (o.csv)
                 write_csv(&o, rows, n_rows);
-        printf("\nbenchmark wall time %.0f s\n", now_sec() - t0);
+        printf("\nbenchmark wall time %.0f s\n", mono_now_s() - t0);
         return EXIT_SUCCESS;
 }

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "time-util.h"
 #include "manager.h"
 
 #include <errno.h>
@@ -46,12 +47,6 @@ typedef struct {
         double prev_mono, tokens_per_s, started;
         sensors_sample_t sample;
 } manager;
-
-static double mono_s(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
-}
 
 static char *below_root(const char *root, const char *path) {
         char *p = NULL;
@@ -114,7 +109,7 @@ static int on_tick(sd_event_source *src, uint64_t usec, void *userdata) {
         in.realtime_s = (int64_t) now;
         in.weekday = (lt.tm_wday + 6) % 7;
         in.minute_of_day = lt.tm_hour * 60 + lt.tm_min;
-        in.monotonic_s = mono_s();
+        in.monotonic_s = mono_now_s();
         in.cores_granted = m->last.mode == POLICY_RUNNING ? m->last.cores : 0;
         in.pause_until = m->pause_until;
         in.pause_indefinite = m->pause_indefinite;
@@ -138,7 +133,7 @@ static int on_tick(sd_event_source *src, uint64_t usec, void *userdata) {
         trainer_stats ts = { 0 };
         if (m->trainer)
                 trainer_get_stats(m->trainer, &ts);
-        double t = mono_s();
+        double t = mono_now_s();
         if (m->prev_mono > 0 && t > m->prev_mono)
                 m->tokens_per_s = (double) (ts.tokens - m->prev_tokens) / (t - m->prev_mono);
         m->prev_tokens = ts.tokens;
@@ -163,9 +158,11 @@ static int cmd_status(json_t *req, json_t **reply, void *userdata) {
         trainer_stats ts = { 0 };
         if (m->trainer)
                 trainer_get_stats(m->trainer, &ts);
-        *reply = json_pack("{s:s, s:s, s:i, s:f, s:I, s:I, s:f, s:s, s:f, s:f, s:f}",
+        *reply = json_pack("{s:s, s:s, s:i, s:b, s:f, s:I, s:I, s:f, s:s, s:f, s:f, s:f}",
                            "state", policy_mode_name(m->last.mode), "reason",
                            policy_reason_name(m->last.reason), "cores", m->last.cores,
+                           /* the decision is instant; the trainer stops after its layer */
+                           "trainer_parked", !m->trainer || ts.parked,
                            "tokens_per_s", m->tokens_per_s, "step", (json_int_t) ts.step,
                            "tokens", (json_int_t) ts.tokens, "loss", (double) ts.loss,
                            "cpu_source",
@@ -345,7 +342,7 @@ int manager_run(const manager_opts *o) {
                 goto out;
         /* pings systemd at half of WatchdogSec= when it is set */
         sd_event_set_watchdog(m.event, true);
-        m.started = mono_s();
+        m.started = mono_now_s();
         r = sd_event_add_time_relative(m.event, NULL, CLOCK_MONOTONIC, SAMPLE_USEC, 0, on_tick, &m);
         if (r < 0)
                 goto out;

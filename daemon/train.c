@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "time-util.h"
 #include "train.h"
 
 #include <errno.h>
@@ -46,12 +47,6 @@ void trainer_opts_default(trainer_opts *o) {
                 .max_data_bytes = 256u << 20,
                 .progress = -1,
         };
-}
-
-static double now_sec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
 }
 
 static void format_duration(double s, char *buf, size_t n) {
@@ -144,7 +139,7 @@ typedef struct {
 
 static void progress_report(progress *p, const trainer_opts *o, long step, float loss, float val,
                             float lr, long tokens_per_step) {
-        double now = now_sec();
+        double now = mono_now_s();
         char eta[32];
 
         p->window_tokens += tokens_per_step;
@@ -260,7 +255,7 @@ int trainer_run(const trainer_opts *o) {
         long tokens_per_step = (long) B * T * o->accum;
         progress prog = { .tty = o->progress < 0 ? isatty(STDERR_FILENO) : o->progress == 1,
                           .first_step = cs.step };
-        prog.start = prog.window_start = prog.last_print = now_sec();
+        prog.start = prog.window_start = prog.last_print = mono_now_s();
         float loss = NAN, val = NAN;
 
         while (cs.step < o->steps && !stop_requested) {
@@ -309,7 +304,7 @@ int trainer_run(const trainer_opts *o) {
         if (prog.tty)
                 fputc('\n', stderr);
         char took[32];
-        format_duration(now_sec() - prog.start, took, sizeof(took));
+        format_duration(mono_now_s() - prog.start, took, sizeof(took));
         log_info("step %ld: training loss %.4f, held-out loss %.4f (%s)", cs.step, loss, val, took);
         if (o->checkpoint) {
                 r = ckpt_save(o->checkpoint, m, &opt, &cs);

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "time-util.h"
 #include "trainer.h"
 
 #include <dirent.h>
@@ -38,12 +39,6 @@ struct trainer {
         double park_latency;
         trainer_stats stats;
 };
-
-static double now_s(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
-}
 
 static bool should_yield(void *userdata) {
         trainer *t = userdata;
@@ -152,7 +147,7 @@ static int one_step(trainer *t) {
 
 static void *thread_main(void *arg) {
         trainer *t = arg;
-        double last_save = now_s();
+        double last_save = mono_now_s();
         int running_cores = 0;
 
         /* before any BLAS call from here, so threads it starts inherit the class */
@@ -162,7 +157,7 @@ static void *thread_main(void *arg) {
                 while (atomic_load(&t->cores) == 0 && !atomic_load(&t->stop)) {
                         if (!t->parked) {
                                 t->parked = true;
-                                t->park_latency = now_s() - t->park_requested_at;
+                                t->park_latency = mono_now_s() - t->park_requested_at;
                                 pthread_cond_broadcast(&t->changed);
                         }
                         pthread_cond_wait(&t->wake, &t->lock);
@@ -189,9 +184,9 @@ static void *thread_main(void *arg) {
                         log_error_errno(r, "training step failed: %m");
                         break;
                 }
-                if (t->c.checkpoint_interval_s > 0 && now_s() - last_save >= t->c.checkpoint_interval_s) {
+                if (t->c.checkpoint_interval_s > 0 && mono_now_s() - last_save >= t->c.checkpoint_interval_s) {
                         save(t);
-                        last_save = now_s();
+                        last_save = mono_now_s();
                 }
         }
         pthread_mutex_lock(&t->lock);
@@ -272,7 +267,7 @@ int trainer_stop(trainer *t) {
 void trainer_set_cores(trainer *t, int cores) {
         pthread_mutex_lock(&t->lock);
         if (cores == 0 && atomic_load(&t->cores) != 0)
-                t->park_requested_at = now_s();
+                t->park_requested_at = mono_now_s();
         atomic_store(&t->cores, cores < 0 ? 0 : cores);
         t->stats.cores = cores;
         pthread_cond_broadcast(&t->wake);

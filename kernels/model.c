@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "time-util.h"
 #include "model.h"
 
 #include <errno.h>
@@ -239,19 +240,13 @@ const char *model_prof_name(int kind) {
         return kind >= 0 && kind < _PROF_MAX ? names[kind] : "?";
 }
 
-static double now_sec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
-}
-
 /* Timing is off unless a benchmark asked for it; then each kernel call is bracketed. */
 #define PROF(m, dir, kind, stmt)                                                                   \
         do {                                                                                       \
                 if ((m)->profile) {                                                                \
-                        double _t0 = now_sec();                                                    \
+                        double _t0 = mono_now_s();                                                    \
                         stmt;                                                                      \
-                        (m)->profile->dir[kind] += now_sec() - _t0;                                \
+                        (m)->profile->dir[kind] += mono_now_s() - _t0;                                \
                 } else {                                                                           \
                         stmt;                                                                      \
                 }                                                                                  \
