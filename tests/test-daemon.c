@@ -153,6 +153,18 @@ static void test_scenario(void **state) {
         t = wait_for("paused", "on-battery", TRANSITION_TIMEOUT_S);
         printf("AC unplugged: paused (on-battery) after %.2f s\n", t);
         assert_true(t >= 0);
+        /* the policy's decision is instant; the trainer parks after the layer it is in */
+        double t0 = now_s();
+        for (;;) {
+                json_t *s = request("{\"cmd\":\"status\"}\n");
+                bool parked = s && json_is_true(json_object_get(s, "trainer_parked"));
+                json_decref(s);
+                if (parked)
+                        break;
+                assert_true(now_s() - t0 < 1.0);
+                usleep(10 * 1000);
+        }
+        printf("trainer parked %.0f ms after the pause was seen\n", (now_s() - t0) * 1e3);
         long long a = tokens();
         usleep(1500 * 1000);
         long long b = tokens();
