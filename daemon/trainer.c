@@ -3,6 +3,7 @@
 #include "trainer.h"
 
 #include <dirent.h>
+#include <stdio.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -103,14 +104,69 @@ int trainer_harvester_tids(trainer *t, pid_t *tids, size_t max, size_t *ret_n) {
         return l.n > max ? -E2BIG : 0;
 }
 
+static char *with_suffix(const char *path, const char *suffix) {
+        char *p = NULL;
+        return asprintf(&p, "%s%s", path, suffix) < 0 ? NULL : p;
+}
+
+/* The newest checkpoint is kept as <name>.prev while the next one is written, so a newest
+ * one found corrupt later still leaves a good one to resume from. */
 static void save(trainer *t) {
-        if (!t->c.checkpoint)
+        _cleanup_free_ char *prev = NULL;
+        bool rotated;
+
+        if (!t->c.checkpoint || !(prev = with_suffix(t->c.checkpoint, ".prev")))
                 return;
-        if (ckpt_save(t->c.checkpoint, t->m, &t->opt, &t->cs) >= 0) {
-                pthread_mutex_lock(&t->lock);
-                t->stats.checkpoints++;
-                pthread_mutex_unlock(&t->lock);
+        rotated = rename(t->c.checkpoint, prev) == 0;
+        if (ckpt_save(t->c.checkpoint, t->m, &t->opt, &t->cs) < 0) {
+                if (rotated)
+                        (void) rename(prev, t->c.checkpoint);
+                return;
         }
+        pthread_mutex_lock(&t->lock);
+        t->stats.checkpoints++;
+        pthread_mutex_unlock(&t->lock);
+}
+
+/* Loads path if it is there. A corrupt file is renamed <path>.corrupt (kept for a bug report,
+ * never overwritten by the next save) and reported as -ENOENT so the caller falls back. */
+static int load_or_quarantine(trainer *t, const char *path) {
+        _cleanup_free_ char *bad = NULL;
+        int r;
+
+        if (access(path, F_OK) < 0)
+                return -ENOENT;
+        r = ckpt_load(path, t->m, &t->opt, &t->cs);
+        if (r != -EBADMSG)
+                return r;
+        bad = with_suffix(path, ".corrupt");
+        if (bad && rename(path, bad) == 0)
+                log_warning("%s is corrupt; kept as %s", path, bad);
+        return -ENOENT;
+}
+
+static int resume(trainer *t) {
+        const trainer_config *c = &t->c;
+        _cleanup_free_ char *prev = NULL;
+        int r;
+
+        if (c->checkpoint) {
+                r = load_or_quarantine(t, c->checkpoint);
+                if (r != -ENOENT)
+                        return r;
+                prev = with_suffix(c->checkpoint, ".prev");
+                if (!prev)
+                        return -ENOMEM;
+                r = load_or_quarantine(t, prev);
+                if (r >= 0)
+                        log_warning("resumed from the previous checkpoint %s at step %ld", prev,
+                                    t->cs.step);
+                if (r != -ENOENT)
+                        return r;
+        }
+        model_init_params(t->m, c->seed);
+        t->cs = (ckpt_state) { .data_cursor = c->seed ^ DATA_CURSOR_SALT };
+        return 0;
 }
 
 /* One optimizer step over accum micro-batches; -ECANCELED when a pause cut it short, in
@@ -217,14 +273,8 @@ int trainer_start(const trainer_config *c, trainer **ret) {
         t->tgt = malloc((size_t) c->B * c->T);
         if (r >= 0 && (!t->tok || !t->tgt))
                 r = -ENOMEM;
-        if (r >= 0) {
-                if (c->checkpoint && access(c->checkpoint, F_OK) == 0)
-                        r = ckpt_load(c->checkpoint, t->m, &t->opt, &t->cs);
-                else {
-                        model_init_params(t->m, c->seed);
-                        t->cs.data_cursor = c->seed ^ DATA_CURSOR_SALT;
-                }
-        }
+        if (r >= 0)
+                r = resume(t);
         if (r < 0)
                 goto fail;
         t->stats.step = t->cs.step;

@@ -19,7 +19,9 @@ typedef struct {
         lr_schedule sched;
         adamw_hparams hp;
         uint64_t seed;
-        const char *checkpoint;        /* resumed from when present; saved to */
+        const char *checkpoint;        /* resumed from when present; saved to. A corrupt one
+                                        * is renamed <name>.corrupt and <name>.prev, the one
+                                        * before it, is used instead */
         double checkpoint_interval_s;  /* 0: only on request and at stop */
         const corpus *data;            /* batch source */
 } trainer_config;

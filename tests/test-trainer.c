@@ -15,8 +15,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "macros.h"
 #include "rng.h"
 #include "trainer.h"
+#include "test-files.h"
 
 #define TEXT_SIZE (1 << 18)
 #define PAUSES 25
@@ -33,7 +35,7 @@ static int setup(void **state) {
         rng_t r;
 
         data.bytes = malloc(TEXT_SIZE);
-        if (!data.bytes)
+        if (!data.bytes || test_tmpdir_create("test-trainer") < 0)
                 return -1;
         rng_seed(&r, 3);
         for (size_t n = 0; n < TEXT_SIZE;) {
@@ -48,11 +50,11 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
         free(data.bytes);
-        return 0;
+        return test_tmpdir_remove(state);
 }
 
-static trainer *start(const char *config, int B) {
-        trainer_config c = { .B = B, .accum = 1, .seed = 1, .data = &data };
+static trainer *start_with(const char *config, int B, const char *checkpoint) {
+        trainer_config c = { .B = B, .accum = 1, .seed = 1, .data = &data, .checkpoint = checkpoint };
         trainer *t;
 
         assert_int_equal(model_config_by_name(config, &c.cfg), 0);
@@ -61,6 +63,10 @@ static trainer *start(const char *config, int B) {
         adamw_hparams_default(&c.hp);
         assert_int_equal(trainer_start(&c, &t), 0);
         return t;
+}
+
+static trainer *start(const char *config, int B) {
+        return start_with(config, B, NULL);
 }
 
 /* Field 41 of /proc/<pid>/task/<tid>/stat is the scheduling policy. */
@@ -145,10 +151,46 @@ static void test_pause_latency(void **state) {
         trainer_stop(t);
 }
 
+/* Runs to at least 'steps' more steps and stops (which saves); returns the step reached. */
+static long run_and_stop(const char *ckpt, long steps) {
+        trainer *t = start_with("tiny", 4, ckpt);
+        trainer_stats st;
+
+        trainer_get_stats(t, &st);
+        trainer_set_cores(t, 1);
+        assert_int_equal(trainer_wait_step(t, st.step + steps, 60), 0);
+        trainer_set_cores(t, 0);
+        assert_int_equal(trainer_wait_parked(t, 10, NULL), 0);
+        trainer_get_stats(t, &st);
+        trainer_stop(t);
+        return st.step;
+}
+
+/* A corrupt newest checkpoint is set aside as .corrupt and the one before it is used. */
+static void test_corrupt_newest_checkpoint(void **state) {
+        _cleanup_free_ char *ckpt = test_tmp_path("c.safetensors");
+        _cleanup_free_ char *corrupt = test_tmp_path("c.safetensors.corrupt");
+        trainer_stats st;
+
+        long first = run_and_stop(ckpt, 2);
+        long second = run_and_stop(ckpt, 2);
+        assert_true(second > first);
+        assert_int_equal(truncate(ckpt, 1000), 0);
+
+        trainer *t = start_with("tiny", 4, ckpt);
+        trainer_get_stats(t, &st);
+        printf("checkpoints at steps %ld then %ld; newest truncated: resumed at step %ld\n", first,
+               second, st.step);
+        assert_int_equal(st.step, first);
+        assert_int_equal(access(corrupt, F_OK), 0);
+        trainer_stop(t);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_threads_idle),
                 cmocka_unit_test(test_pause_latency),
+                cmocka_unit_test(test_corrupt_newest_checkpoint),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
