@@ -230,7 +230,55 @@ static int cmd_policy_reset(json_t *req, json_t **reply, void *userdata) {
         return r < 0 ? control_error(reply, -r, "configuration no longer loads; see the log") : 0;
 }
 
+static int cmd_profile(json_t *req, json_t **reply, void *userdata) {
+        manager *m = userdata;
+        *reply = json_pack("{s:s}", "profile", conf_profile_to_string(m->conf.knobs.profile));
+        return *reply ? 0 : -ENOMEM;
+}
+
+/* A runtime override, like policy-set: survives restarts until policy-reset. */
+static int cmd_profile_set(json_t *req, json_t **reply, void *userdata) {
+        manager *m = userdata;
+        const char *name = json_string_value(json_object_get(req, "name"));
+        char err[256];
+        int r;
+
+        if (!name)
+                return control_error(reply, EINVAL, "profile-set needs a \"name\": quiet, balanced or performance");
+        r = conf_set_override(m->state_dir, "Profile", name, err, sizeof(err));
+        if (r < 0)
+                return control_error(reply, -r, "%s", err);
+        r = load_conf(m);
+        if (r < 0)
+                return control_error(reply, -r, "configuration no longer loads; see the log");
+        log_info("profile set to %s", name);
+        return cmd_profile(req, reply, userdata);
+}
+
+static int cmd_stats(json_t *req, json_t **reply, void *userdata) {
+        manager *m = userdata;
+        trainer_stats ts = { 0 };
+        json_t *paused = json_object();
+
+        if (m->trainer)
+                trainer_get_stats(m->trainer, &ts);
+        for (int i = 0; paused && i < _POLICY_REASON_MAX; i++)
+                if (m->ps.n_paused[i] > 0)
+                        json_object_set_new(paused, policy_reason_name((policy_reason) i),
+                                            json_integer((json_int_t) m->ps.n_paused[i]));
+        *reply = json_pack("{s:I, s:I, s:I, s:o, s:I, s:I, s:I, s:I}", "transitions",
+                           (json_int_t) m->ps.n_transitions, "times_running",
+                           (json_int_t) m->ps.n_running, "times_off", (json_int_t) m->ps.n_off,
+                           "times_paused", paused, "steps", (json_int_t) ts.step, "tokens",
+                           (json_int_t) ts.tokens, "checkpoints", (json_int_t) ts.checkpoints,
+                           "steps_abandoned", (json_int_t) ts.steps_abandoned);
+        return *reply ? 0 : -ENOMEM;
+}
+
 static const control_command commands[] = {
+        { "profile", false, cmd_profile },
+        { "profile-set", true, cmd_profile_set },
+        { "stats", false, cmd_stats },
         { "status", false, cmd_status },
         { "pause", true, cmd_pause },
         { "resume", true, cmd_resume },

@@ -190,6 +190,30 @@ static void test_scenario(void **state) {
         printf("zone at 60 C: running after %.2f s\n", t);
         assert_true(t >= 0);
 
+        /* the pauses are counted once each, by reason */
+        json_t *st = request("{\"cmd\":\"stats\"}\n");
+        assert_non_null(st);
+        json_t *paused = json_object_get(st, "times_paused");
+        printf("stats: %lld transitions, on-battery %lld, hot %lld\n",
+               (long long) json_integer_value(json_object_get(st, "transitions")),
+               (long long) json_integer_value(json_object_get(paused, "on-battery")),
+               (long long) json_integer_value(json_object_get(paused, "hot")));
+        assert_int_equal(json_integer_value(json_object_get(paused, "on-battery")), 1);
+        assert_int_equal(json_integer_value(json_object_get(paused, "hot")), 1);
+        json_decref(st);
+
+        /* profiles: read, then switch through a runtime override */
+        json_t *p = request("{\"cmd\":\"profile\"}\n");
+        assert_string_equal(json_string_value(json_object_get(p, "profile")), "balanced");
+        json_decref(p);
+        p = request("{\"cmd\":\"profile-set\",\"name\":\"quiet\"}\n");
+        assert_string_equal(json_string_value(json_object_get(p, "profile")), "quiet");
+        json_decref(p);
+        p = request("{\"cmd\":\"profile-set\",\"name\":\"noisy\"}\n");
+        assert_true(json_is_false(json_object_get(p, "ok")));
+        printf("profile-set noisy: %s\n", json_string_value(json_object_get(p, "message")));
+        json_decref(p);
+
         /* SIGTERM: checkpoint and exit 0 */
         int status;
         kill(daemon_pid, SIGTERM);
