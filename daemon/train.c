@@ -19,9 +19,9 @@
 #include "macros.h"
 #include "model.h"
 #include "sample.h"
+#include "train-step.h"
 
 #define VAL_BATCHES 4
-#define DATA_CURSOR_SALT 0x6461746163757273ULL /* "datacurs": keeps data and init streams apart */
 
 static volatile sig_atomic_t stop_requested;
 
@@ -230,10 +230,8 @@ int trainer_run(const trainer_opts *o) {
                         goto out;
                 }
                 log_info("resuming from %s at step %ld", o->checkpoint, cs.step);
-        } else {
-                model_init_params(m, o->seed);
-                cs.data_cursor = o->seed ^ DATA_CURSOR_SALT;
-        }
+        } else
+                trainer_fresh(m, o->seed, &cs);
         log_info("model %s: %zu parameters (T=%d C=%d L=%d H=%d); data: %zu files, %zu bytes (%zu "
                  "held out)%s",
                  cfg.name, m->layout.n_params, cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.n_head,
@@ -251,7 +249,6 @@ int trainer_run(const trainer_opts *o) {
                               .lr_min = o->lr_min,
                               .warmup_steps = o->warmup,
                               .total_steps = o->steps };
-        rng_t cursor = { .state = cs.data_cursor };
         long tokens_per_step = (long) B * T * o->accum;
         progress prog = { .tty = o->progress < 0 ? isatty(STDERR_FILENO) : o->progress == 1,
                           .first_step = cs.step };
@@ -259,28 +256,13 @@ int trainer_run(const trainer_opts *o) {
         float loss = NAN, val = NAN;
 
         while (cs.step < o->steps && !stop_requested) {
-                float step_loss = 0.0f, lr = lr_at(&sched, cs.step);
-                rng_t saved = cursor;
+                float lr = lr_at(&sched, cs.step);
 
-                model_zero_grad(m);
-                for (int a = 0; a < o->accum && r >= 0; a++) {
-                        float l = 0.0f;
-                        corpus_train_batch(&data, &cursor, B, T, tok, tgt);
-                        r = model_forward(m, tok, tgt, B, T, &l);
-                        if (r >= 0)
-                                r = model_backward(m, tok, 1.0f / (float) o->accum);
-                        step_loss += l / (float) o->accum;
-                }
-                if (r == -ECANCELED) {
-                        cursor = saved; /* the interrupted step never happened */
-                        break;
-                }
+                r = trainer_step(m, &opt, &data, B, T, o->accum, lr, tok, tgt, &cs, &loss);
+                if (r == -ECANCELED)
+                        break; /* the interrupted step never happened */
                 if (r < 0)
                         goto out;
-                adamw_step(&opt, &m->layout, m->params, m->grads, lr);
-                cs.step++;
-                cs.data_cursor = cursor.state;
-                loss = step_loss;
                 if (!isfinite(loss)) {
                         r = log_error_errno(ERANGE, "loss became %f at step %ld; lower --lr", loss,
                                             cs.step);

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "time-util.h"
+#include "train-step.h"
 #include "trainer.h"
 
 #include <dirent.h>
@@ -20,7 +21,6 @@
 #include "log.h"
 #include "macros.h"
 
-#define DATA_CURSOR_SALT 0x6461746163757273ULL /* as the foreground trainer: same data order */
 
 struct trainer {
         trainer_config c;
@@ -164,33 +164,18 @@ static int resume(trainer *t) {
                 if (r != -ENOENT)
                         return r;
         }
-        model_init_params(t->m, c->seed);
-        t->cs = (ckpt_state) { .data_cursor = c->seed ^ DATA_CURSOR_SALT };
+        trainer_fresh(t->m, c->seed, &t->cs);
         return 0;
 }
 
-/* One optimizer step over accum micro-batches; -ECANCELED when a pause cut it short, in
- * which case nothing of it is kept (the cursor goes back too, so no data is skipped). */
+/* One optimizer step; -ECANCELED when a pause cut it short (nothing of it is kept). */
 static int one_step(trainer *t) {
         const trainer_config *c = &t->c;
-        rng_t cursor = { .state = t->cs.data_cursor };
-        float loss = 0.0f;
-        int r = 0;
-
-        model_zero_grad(t->m);
-        for (int a = 0; a < c->accum && r >= 0; a++) {
-                float l = 0.0f;
-                corpus_train_batch(c->data, &cursor, c->B, c->T, t->tok, t->tgt);
-                r = model_forward(t->m, t->tok, t->tgt, c->B, c->T, &l);
-                if (r >= 0)
-                        r = model_backward(t->m, t->tok, 1.0f / (float) c->accum);
-                loss += l / (float) c->accum;
-        }
+        float loss;
+        int r = trainer_step(t->m, &t->opt, c->data, c->B, c->T, c->accum,
+                             lr_at(&c->sched, t->cs.step), t->tok, t->tgt, &t->cs, &loss);
         if (r < 0)
                 return r;
-        adamw_step(&t->opt, &t->m->layout, t->m->params, t->m->grads, lr_at(&c->sched, t->cs.step));
-        t->cs.step++;
-        t->cs.data_cursor = cursor.state;
 
         pthread_mutex_lock(&t->lock);
         t->stats.step = t->cs.step;
