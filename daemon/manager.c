@@ -3,9 +3,6 @@
 #include "manager.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <stdint.h>
-#include <sys/epoll.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,6 +21,7 @@
 #include "macros.h"
 #include "policy.h"
 #include "sensors.h"
+#include "signal-pipe.h"
 #include "trainer.h"
 
 #define SAMPLE_USEC (1000 * 1000)
@@ -287,43 +285,17 @@ static const control_command commands[] = {
         { "policy-reset", true, cmd_policy_reset },
 };
 
-/* Signals arrive through a pipe rather than signalfd: signalfd needs the signal blocked in
- * every thread, and OpenBLAS starts its workers before main() with nothing blocked, so a
- * SIGTERM could land on one of them and kill the process without a checkpoint. */
-static int signal_pipe[2] = { -1, -1 };
-
-static void on_signal(int sig) {
-        int saved = errno;
-        uint8_t b = (uint8_t) sig;
-        (void) !write(signal_pipe[1], &b, 1);
-        errno = saved;
-}
-
-static int on_signal_pipe(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+static void on_signal(int sig, void *userdata) {
         manager *m = userdata;
-        uint8_t b;
 
-        while (read(fd, &b, 1) == 1) {
-                if (b == SIGHUP) {
-                        if (load_conf(m) < 0)
-                                log_warning("SIGHUP: the configuration does not load; keeping the old one");
-                        else
-                                log_info("configuration reloaded");
-                } else
-                        return sd_event_exit(m->event, 0);
+        if (sig != SIGHUP) {
+                sd_event_exit(m->event, 0);
+                return;
         }
-        return 0;
-}
-
-static int install_signals(manager *m) {
-        struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESTART };
-
-        if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
-                return -errno;
-        sigaction(SIGTERM, &sa, NULL);
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGHUP, &sa, NULL);
-        return sd_event_add_io(m->event, NULL, signal_pipe[0], EPOLLIN, on_signal_pipe, m);
+        if (load_conf(m) < 0)
+                log_warning("SIGHUP: the configuration does not load; keeping the old one");
+        else
+                log_info("configuration reloaded");
 }
 
 static int setup(manager *m) {
@@ -385,7 +357,7 @@ int manager_run(const manager_opts *o) {
         if (r < 0)
                 goto out;
 
-        r = install_signals(&m);
+        r = signal_pipe_attach(m.event, on_signal, &m);
         if (r < 0)
                 goto out;
         /* pings systemd at half of WatchdogSec= when it is set */
@@ -410,10 +382,6 @@ out:
         free(m.data_dir);
         free(m.checkpoint);
         sd_event_unref(m.event);
-        for (int i = 0; i < 2; i++)
-                if (signal_pipe[i] >= 0) {
-                        close(signal_pipe[i]);
-                        signal_pipe[i] = -1;
-                }
+        signal_pipe_detach();
         return r < 0 ? r : 0;
 }

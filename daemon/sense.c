@@ -2,7 +2,6 @@
 #include "sense.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +10,7 @@
 #include "log.h"
 #include "macros.h"
 #include "power-events.h"
+#include "signal-pipe.h"
 
 typedef struct {
         const sense_opts *o;
@@ -127,11 +127,15 @@ static void on_power(const char *sysname, const char *action, void *userdata) {
         print_sample(st, trigger);
 }
 
+static void on_signal(int sig, void *userdata) {
+        sense_state *st = userdata;
+        sd_event_exit(st->event, 0);
+}
+
 int sense_run(const sense_opts *o) {
         sensors_opts so = { .root = o->root, .no_bpf = o->no_bpf };
         sense_state st = { .o = o };
         power_events *pe = NULL;
-        sigset_t mask;
         int r;
 
         r = sensors_new(&so, &st.sensors);
@@ -140,12 +144,9 @@ int sense_run(const sense_opts *o) {
         r = sd_event_new(&st.event);
         if (r < 0)
                 goto out;
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGTERM);
-        sigprocmask(SIG_BLOCK, &mask, NULL);
-        sd_event_add_signal(st.event, NULL, SIGINT, NULL, NULL);
-        sd_event_add_signal(st.event, NULL, SIGTERM, NULL, NULL);
+        r = signal_pipe_attach(st.event, on_signal, &st);
+        if (r < 0)
+                goto out;
         r = sd_event_add_time_relative(st.event, NULL, CLOCK_MONOTONIC,
                                        (uint64_t) o->interval_ms * 1000, 0, on_timer, &st);
         if (r < 0)
@@ -162,6 +163,7 @@ int sense_run(const sense_opts *o) {
                 r = st.error;
 out:
         power_events_free(pe);
+        signal_pipe_detach();
         sd_event_unref(st.event);
         sensors_free(st.sensors);
         return r < 0 ? r : 0;
