@@ -200,6 +200,15 @@ static int cmd_policy_get(json_t *req, json_t **reply, void *userdata) {
         return *reply ? 0 : -ENOMEM;
 }
 
+/* After conf_set_override/conf_reset_override returned r (err set on failure): reload, so
+ * the change takes effect now, and turn either failure into the reply. */
+static int apply_override(manager *m, int r, const char *err, json_t **reply) {
+        if (r < 0)
+                return control_error(reply, -r, "%s", err);
+        r = load_conf(m);
+        return r < 0 ? control_error(reply, -r, "configuration no longer loads; see the log") : 0;
+}
+
 static int cmd_policy_set(json_t *req, json_t **reply, void *userdata) {
         manager *m = userdata;
         const char *key = json_string_value(json_object_get(req, "key"));
@@ -210,10 +219,7 @@ static int cmd_policy_set(json_t *req, json_t **reply, void *userdata) {
         if (!key || !value)
                 return control_error(reply, EINVAL, "policy-set needs \"key\" and \"value\" strings");
         r = conf_set_override(m->state_dir, key, value, err, sizeof(err));
-        if (r < 0)
-                return control_error(reply, -r, "%s", err);
-        r = load_conf(m);
-        return r < 0 ? control_error(reply, -r, "configuration no longer loads; see the log") : 0;
+        return apply_override(m, r, err, reply);
 }
 
 static int cmd_policy_reset(json_t *req, json_t **reply, void *userdata) {
@@ -222,10 +228,7 @@ static int cmd_policy_reset(json_t *req, json_t **reply, void *userdata) {
         char err[256];
         int r = conf_reset_override(m->state_dir, key, err, sizeof(err));
 
-        if (r < 0)
-                return control_error(reply, -r, "%s", err);
-        r = load_conf(m);
-        return r < 0 ? control_error(reply, -r, "configuration no longer loads; see the log") : 0;
+        return apply_override(m, r, err, reply);
 }
 
 static int cmd_profile(json_t *req, json_t **reply, void *userdata) {
@@ -243,12 +246,10 @@ static int cmd_profile_set(json_t *req, json_t **reply, void *userdata) {
 
         if (!name)
                 return control_error(reply, EINVAL, "profile-set needs a \"name\": quiet, balanced or performance");
-        r = conf_set_override(m->state_dir, "Profile", name, err, sizeof(err));
+        r = apply_override(m, conf_set_override(m->state_dir, "Profile", name, err, sizeof(err)),
+                           err, reply);
         if (r < 0)
-                return control_error(reply, -r, "%s", err);
-        r = load_conf(m);
-        if (r < 0)
-                return control_error(reply, -r, "configuration no longer loads; see the log");
+                return r;
         log_info("profile set to %s", name);
         return cmd_profile(req, reply, userdata);
 }
