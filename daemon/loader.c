@@ -81,7 +81,7 @@ struct loader {
         unsigned head, count;
         rng_t next; /* cursor the next produced batch starts from */
         uint64_t gen;
-        bool stop, thread_started;
+        bool stop, thread_started, check_requested;
         pid_t tid;
         pthread_t thread;
         uint64_t batches, wait_ns;
@@ -692,9 +692,11 @@ static void *producer(void *arg) {
         pthread_cond_broadcast(&l->nonempty);
         while (!l->stop) {
                 uint64_t now = now_ns();
-                if (l->check_interval_s &&
-                    now - last_check >= (uint64_t) l->check_interval_s * 1000000000ULL) {
+                if (l->check_requested ||
+                    (l->check_interval_s &&
+                     now - last_check >= (uint64_t) l->check_interval_s * 1000000000ULL)) {
                         last_check = now;
+                        l->check_requested = false;
                         pthread_mutex_unlock(&l->q_lock);
                         (void) loader_check(l, NULL);
                         pthread_mutex_lock(&l->q_lock);
@@ -1042,6 +1044,25 @@ const char *loader_file_path(loader *l, size_t file) {
 
 bool loader_file_is_val(loader *l, size_t file) {
         return file < l->idx->n && l->idx->files[file].train_end == 0;
+}
+
+void loader_request_check(loader *l) {
+        if (!l->prefetch) {
+                (void) loader_check(l, NULL);
+                return;
+        }
+        pthread_mutex_lock(&l->q_lock);
+        l->check_requested = true;
+        pthread_cond_broadcast(&l->space);
+        pthread_mutex_unlock(&l->q_lock);
+}
+
+int loader_batch_size(const loader *l) {
+        return l->B;
+}
+
+int loader_window(const loader *l) {
+        return l->T;
 }
 
 pid_t loader_thread_tid(loader *l) {

@@ -91,6 +91,12 @@ int loader_val_batch(loader *l, uint64_t i, uint8_t *tokens, uint8_t *targets,
  * sizes or mtimes changed (ret_changed may be NULL). */
 int loader_reindex(loader *l);
 int loader_check(loader *l, bool *ret_changed);
+/* Asks the prefetch thread to run loader_check() soon (e.g. on an inotify event), so the
+ * caller's thread never walks the tree. Without a thread, checks in the caller's. */
+void loader_request_check(loader *l);
+
+int loader_batch_size(const loader *l); /* B */
+int loader_window(const loader *l);     /* T */
 
 void loader_get_stats(loader *l, loader_stats *ret);
 /* Relative path of index file number `file`, valid until the next re-index. */

@@ -8,8 +8,9 @@ void trainer_fresh(model *m, uint64_t seed, ckpt_state *ret) {
         *ret = (ckpt_state) { .data_cursor = seed ^ DATA_CURSOR_SALT };
 }
 
-int trainer_step(model *m, adamw_state *opt, const corpus *data, int B, int T, int accum,
-                 float lr, uint8_t *tok, uint8_t *tgt, ckpt_state *cs, float *ret_loss) {
+int trainer_step(model *m, adamw_state *opt, const batch_source *src, int B, int T, int accum,
+                 float lr, uint8_t *tok, uint8_t *tgt, ckpt_state *cs, float *ret_loss,
+                 uint64_t *wait_ns, pthread_mutex_t *update_lock) {
         rng_t cursor = { .state = cs->data_cursor };
         float loss = 0.0f;
         int r = 0;
@@ -17,7 +18,9 @@ int trainer_step(model *m, adamw_state *opt, const corpus *data, int B, int T, i
         model_zero_grad(m);
         for (int a = 0; a < accum && r >= 0; a++) {
                 float l = 0.0f;
-                corpus_train_batch(data, &cursor, B, T, tok, tgt);
+                r = src->train(src->ctx, &cursor, B, T, tok, tgt, wait_ns);
+                if (r < 0)
+                        break;
                 r = model_forward(m, tok, tgt, B, T, &l);
                 if (r >= 0)
                         r = model_backward(m, tok, 1.0f / (float) accum);
@@ -25,9 +28,31 @@ int trainer_step(model *m, adamw_state *opt, const corpus *data, int B, int T, i
         }
         if (r < 0)
                 return r;
+        if (update_lock)
+                pthread_mutex_lock(update_lock);
         adamw_step(opt, &m->layout, m->params, m->grads, lr);
+        if (update_lock)
+                pthread_mutex_unlock(update_lock);
         cs->step++;
         cs->data_cursor = cursor.state;
         *ret_loss = loss;
+        return 0;
+}
+
+int trainer_val_loss(model *m, const batch_source *src, int B, int T, uint64_t first, int n,
+                     uint8_t *tok, uint8_t *tgt, float *ret_loss) {
+        double sum = 0.0;
+
+        for (int i = 0; i < n; i++) {
+                float l = 0.0f;
+                int r = src->val(src->ctx, first + (uint64_t) i, B, T, tok, tgt);
+                if (r < 0)
+                        return r;
+                r = model_forward(m, tok, tgt, B, T, &l);
+                if (r < 0)
+                        return r;
+                sum += l;
+        }
+        *ret_loss = (float) (sum / n);
         return 0;
 }

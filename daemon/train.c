@@ -88,16 +88,10 @@ static int pick_config(const trainer_opts *o, model_config *cfg) {
         return 0;
 }
 
-static float validation_loss(model *m, const corpus *c, int B, int T, uint8_t *tok, uint8_t *tgt) {
-        double sum = 0.0;
-        for (int i = 0; i < VAL_BATCHES; i++) {
-                float loss = NAN;
-                corpus_val_batch(c, (size_t) i, B, T, tok, tgt);
-                if (model_forward(m, tok, tgt, B, T, &loss) < 0)
-                        return NAN;
-                sum += loss;
-        }
-        return (float) (sum / VAL_BATCHES);
+static float validation_loss(model *m, const batch_source *src, int B, int T, uint8_t *tok,
+                             uint8_t *tgt) {
+        float loss = NAN;
+        return trainer_val_loss(m, src, B, T, 0, VAL_BATCHES, tok, tgt, &loss) < 0 ? NAN : loss;
 }
 
 static void print_sample(model *m, int n_tokens, uint64_t seed) {
@@ -179,6 +173,7 @@ int trainer_run(const trainer_opts *o) {
         adamw_state opt = { 0 };
         adamw_hparams hp;
         corpus data = { 0 };
+        batch_source src = batch_source_corpus(&data);
         ckpt_state cs = { 0 };
         int r, B = o->batch, T;
 
@@ -258,7 +253,7 @@ int trainer_run(const trainer_opts *o) {
         while (cs.step < o->steps && !stop_requested) {
                 float lr = lr_at(&sched, cs.step);
 
-                r = trainer_step(m, &opt, &data, B, T, o->accum, lr, tok, tgt, &cs, &loss);
+                r = trainer_step(m, &opt, &src, B, T, o->accum, lr, tok, tgt, &cs, &loss, NULL, NULL);
                 if (r == -ECANCELED)
                         break; /* the interrupted step never happened */
                 if (r < 0)
@@ -270,7 +265,7 @@ int trainer_run(const trainer_opts *o) {
                 }
                 bool eval = o->eval_every > 0 && cs.step % o->eval_every == 0;
                 if (eval) {
-                        val = validation_loss(m, &data, B, T, tok, tgt);
+                        val = validation_loss(m, &src, B, T, tok, tgt);
                         prog.val_unprinted = true;
                 }
                 progress_report(&prog, o, cs.step, loss, val, lr, tokens_per_step);
@@ -282,7 +277,7 @@ int trainer_run(const trainer_opts *o) {
                 }
         }
         m->yield = NULL;
-        val = validation_loss(m, &data, B, T, tok, tgt);
+        val = validation_loss(m, &src, B, T, tok, tgt);
         if (prog.tty)
                 fputc('\n', stderr);
         char took[32];

@@ -33,6 +33,10 @@ struct trainer {
         pthread_t thread;
         pthread_mutex_t lock;
         pthread_cond_t wake, changed;
+        pthread_mutex_t params_lock; /* held while the optimizer writes the parameters */
+        bool save_requested;
+        long saved_step;
+        long val_due; /* step at which the next validation loss is measured */
         atomic_int cores; /* read between layers without the lock */
         atomic_bool stop;
         bool parked;
@@ -125,6 +129,8 @@ static void save(trainer *t) {
         }
         pthread_mutex_lock(&t->lock);
         t->stats.checkpoints++;
+        t->saved_step = t->cs.step;
+        pthread_cond_broadcast(&t->changed);
         pthread_mutex_unlock(&t->lock);
 }
 
@@ -171,19 +177,67 @@ static int resume(trainer *t) {
 /* One optimizer step; -ECANCELED when a pause cut it short (nothing of it is kept). */
 static int one_step(trainer *t) {
         const trainer_config *c = &t->c;
+        uint64_t wait_ns = 0;
+        double t0 = mono_now_s();
         float loss;
-        int r = trainer_step(t->m, &t->opt, c->data, c->B, c->T, c->accum,
-                             lr_at(&c->sched, t->cs.step), t->tok, t->tgt, &t->cs, &loss);
-        if (r < 0)
-                return r;
+        int r = trainer_step(t->m, &t->opt, &c->src, c->B, c->T, c->accum,
+                             lr_at(&c->sched, t->cs.step), t->tok, t->tgt, &t->cs, &loss,
+                             &wait_ns, &t->params_lock);
 
         pthread_mutex_lock(&t->lock);
-        t->stats.step = t->cs.step;
-        t->stats.tokens += (uint64_t) c->B * (uint64_t) c->T * (uint64_t) c->accum;
-        t->stats.loss = loss;
-        pthread_cond_broadcast(&t->changed);
+        t->stats.data_wait_ns += wait_ns;
+        if (r >= 0 || r == -ECANCELED)
+                t->stats.step_ns += (uint64_t) ((mono_now_s() - t0) * 1e9);
+        if (r >= 0) {
+                t->stats.step = t->cs.step;
+                t->stats.tokens += (uint64_t) c->B * (uint64_t) c->T * (uint64_t) c->accum;
+                t->stats.loss = loss;
+                t->stats.data_error = 0;
+                pthread_cond_broadcast(&t->changed);
+        }
         pthread_mutex_unlock(&t->lock);
-        return 0;
+        if (r >= 0) /* %a: exact, so runs can be compared bit for bit (tests/test-resume.c) */
+                log_debug("step %ld loss %a", t->cs.step, (double) loss);
+        return r;
+}
+
+/* Held-out loss every val_every_steps; a pause in the middle just means trying again after
+ * the next step. */
+static void maybe_validate(trainer *t) {
+        const trainer_config *c = &t->c;
+        float loss;
+
+        if (c->val_every_steps <= 0 || t->cs.step < t->val_due)
+                return;
+        if (trainer_val_loss(t->m, &c->src, c->B, c->T, 0, c->val_batches > 0 ? c->val_batches : 4,
+                             t->tok, t->tgt, &loss) < 0)
+                return;
+        t->val_due = t->cs.step + c->val_every_steps;
+        pthread_mutex_lock(&t->lock);
+        t->stats.val_loss = loss;
+        pthread_mutex_unlock(&t->lock);
+}
+
+/* A failed step (no data yet, files gone, I/O errors) is retried after a second; it is
+ * logged once per distinct error, not once a second. */
+static void step_failed(trainer *t, int r) {
+        struct timespec until;
+
+        pthread_mutex_lock(&t->lock);
+        if (t->stats.data_error != r)
+                log_warning_errno(r, "training step failed, retrying: %m");
+        t->stats.data_error = r;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        if (!atomic_load(&t->stop))
+                pthread_cond_timedwait(&t->wake, &t->lock, &until);
+        pthread_mutex_unlock(&t->lock);
+}
+
+static bool take_save_request(trainer *t) {
+        bool r = t->save_requested;
+        t->save_requested = false;
+        return r;
 }
 
 static void *thread_main(void *arg) {
@@ -201,12 +255,24 @@ static void *thread_main(void *arg) {
                                 t->park_latency = mono_now_s() - t->park_requested_at;
                                 pthread_cond_broadcast(&t->changed);
                         }
+                        if (take_save_request(t)) {
+                                pthread_mutex_unlock(&t->lock);
+                                save(t);
+                                last_save = mono_now_s();
+                                pthread_mutex_lock(&t->lock);
+                                continue;
+                        }
                         pthread_cond_wait(&t->wake, &t->lock);
                 }
                 t->parked = false;
+                bool save_now = take_save_request(t);
                 pthread_mutex_unlock(&t->lock);
                 if (atomic_load(&t->stop))
                         break;
+                if (save_now) {
+                        save(t);
+                        last_save = mono_now_s();
+                }
 
                 int want = atomic_load(&t->cores);
                 if (want > 0 && want != running_cores) {
@@ -222,9 +288,10 @@ static void *thread_main(void *arg) {
                         continue;
                 }
                 if (r < 0) {
-                        log_error_errno(r, "training step failed: %m");
-                        break;
+                        step_failed(t, r);
+                        continue;
                 }
+                maybe_validate(t);
                 if (t->c.checkpoint_interval_s > 0 && mono_now_s() - last_save >= t->c.checkpoint_interval_s) {
                         save(t);
                         last_save = mono_now_s();
@@ -248,6 +315,9 @@ int trainer_start(const trainer_config *c, trainer **ret) {
         pthread_mutex_init(&t->lock, NULL);
         pthread_cond_init(&t->wake, NULL);
         pthread_cond_init(&t->changed, NULL);
+        pthread_mutex_init(&t->params_lock, NULL);
+        t->stats.loss = NAN;
+        t->stats.val_loss = NAN;
         atomic_init(&t->cores, 0);
         atomic_init(&t->stop, false);
 
@@ -263,6 +333,8 @@ int trainer_start(const trainer_config *c, trainer **ret) {
         if (r < 0)
                 goto fail;
         t->stats.step = t->cs.step;
+        t->saved_step = t->cs.step;
+        t->val_due = t->cs.step;
         t->m->yield = should_yield;
         t->m->yield_userdata = t;
         r = -pthread_create(&t->thread, NULL, thread_main, t);
@@ -295,6 +367,7 @@ int trainer_stop(trainer *t) {
         pthread_mutex_destroy(&t->lock);
         pthread_cond_destroy(&t->wake);
         pthread_cond_destroy(&t->changed);
+        pthread_mutex_destroy(&t->params_lock);
         free(t);
         return 0;
 }
@@ -355,4 +428,37 @@ void trainer_get_stats(trainer *t, trainer_stats *ret) {
         *ret = t->stats;
         ret->parked = t->parked;
         pthread_mutex_unlock(&t->lock);
+}
+
+static bool saved_since(trainer *t, long checkpoints) {
+        return t->stats.checkpoints > (uint64_t) checkpoints;
+}
+
+int trainer_save_now(trainer *t, double timeout_s) {
+        pthread_mutex_lock(&t->lock);
+        long before = (long) t->stats.checkpoints;
+        t->save_requested = true;
+        pthread_cond_broadcast(&t->wake);
+        pthread_mutex_unlock(&t->lock);
+        return wait_until(t, timeout_s, saved_since, before);
+}
+
+int trainer_copy_params(trainer *t, model *m) {
+        if (m->layout.n_params != t->m->layout.n_params)
+                return -EINVAL;
+        pthread_mutex_lock(&t->params_lock);
+        memcpy(m->params, t->m->params, t->m->layout.n_params * sizeof(float));
+        pthread_mutex_unlock(&t->params_lock);
+        return 0;
+}
+
+const model_config *trainer_model_config(const trainer *t) {
+        return &t->c.cfg;
+}
+
+long trainer_checkpoint_step(trainer *t) {
+        pthread_mutex_lock(&t->lock);
+        long s = t->saved_step;
+        pthread_mutex_unlock(&t->lock);
+        return s;
 }

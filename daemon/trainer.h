@@ -10,7 +10,7 @@
 #include <sys/types.h>
 
 #include "adamw.h"
-#include "corpus.h"
+#include "batch-source.h"
 #include "model.h"
 
 typedef struct {
@@ -23,17 +23,22 @@ typedef struct {
                                         * is renamed <name>.corrupt and <name>.prev, the one
                                         * before it, is used instead */
         double checkpoint_interval_s;  /* 0: only on request and at stop */
-        const corpus *data;            /* batch source */
+        batch_source src;              /* where batches come from */
+        int val_every_steps;           /* 0: no validation loss */
+        int val_batches;               /* held-out batches per measurement (default 4) */
 } trainer_config;
 
 typedef struct {
         long step;
         uint64_t tokens;
-        float loss; /* of the last step */
+        float loss;     /* of the last step; NAN before the first */
+        float val_loss; /* last held-out measurement; NAN before the first */
         int cores;  /* granted now */
         bool parked;
         uint64_t steps_abandoned; /* micro-batches cut short by a pause */
         uint64_t checkpoints;
+        uint64_t data_wait_ns, step_ns; /* waiting for batches; whole steps (waits included) */
+        int data_error;                 /* last batch source error (0 when the last step ran) */
 } trainer_stats;
 
 typedef struct trainer trainer;
@@ -51,6 +56,14 @@ int trainer_wait_parked(trainer *t, double timeout_s, double *ret_latency_s);
 /* Waits until at least 'step' optimizer steps are done. */
 int trainer_wait_step(trainer *t, long step, double timeout_s);
 void trainer_get_stats(trainer *t, trainer_stats *ret);
+
+/* Saves a checkpoint between two steps (also while parked) and waits for it. */
+int trainer_save_now(trainer *t, double timeout_s);
+/* Copies the current parameters (taken between two optimizer steps) into m, which must
+ * have the trainer's config. For sampling from the model as it is now. */
+int trainer_copy_params(trainer *t, model *m);
+const model_config *trainer_model_config(const trainer *t);
+long trainer_checkpoint_step(trainer *t); /* step of the last checkpoint written */
 
 /* Every thread of the process but the caller of trainer_start: the trainer, the kernel
  * pool and OpenBLAS's workers, all at SCHED_IDLE. For registration with the monitor. */

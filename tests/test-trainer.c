@@ -54,7 +54,8 @@ static int teardown(void **state) {
 }
 
 static trainer *start_with(const char *config, int B, const char *checkpoint) {
-        trainer_config c = { .B = B, .accum = 1, .seed = 1, .data = &data, .checkpoint = checkpoint };
+        trainer_config c = { .B = B, .accum = 1, .seed = 1, .src = batch_source_corpus(&data),
+                             .checkpoint = checkpoint };
         trainer *t;
 
         assert_int_equal(model_config_by_name(config, &c.cfg), 0);
