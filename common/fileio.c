@@ -230,3 +230,19 @@ void atomic_file_abort(int fd, const char *tmp_path) {
                 (void) unlink(tmp_path);
         errno = saved;
 }
+
+int write_file_atomic(const char *path, mode_t mode, const void *data, size_t size) {
+        char *tmp = NULL;
+        int fd, r;
+
+        r = atomic_file_open(path, mode, &tmp, &fd);
+        if (r < 0)
+                return r;
+        r = write_full(fd, data, size);
+        if (r < 0)
+                atomic_file_abort(fd, tmp);
+        else
+                r = atomic_file_commit(fd, tmp, path);
+        free(tmp);
+        return r;
+}

@@ -38,5 +38,8 @@ int atomic_file_commit(int fd, const char *tmp_path, const char *path);
  * Preserves errno. */
 void atomic_file_abort(int fd, const char *tmp_path);
 
+/* The whole of an atomic write for data already in memory. */
+int write_file_atomic(const char *path, mode_t mode, const void *data, size_t size);
+
 /* fsyncs the directory containing path ("." for a bare name). */
 int fsync_parent_dir(const char *path);

@@ -278,7 +278,8 @@ int st_write(const char *path, const st_tensor *tensors, size_t n_tensors, const
                         iov[n_iov++] =
                                 (struct iovec){ (void *) tensors[i].data, tensors[i].nbytes };
 
-        r = atomic_file_open(path, 0644, &tmp, &fd);
+        /* 0640: a model can recite the text it learnt from, which is private to the device */
+        r = atomic_file_open(path, 0640, &tmp, &fd);
         if (r < 0)
                 return log_error_errno(r, "%s: cannot create temporary file: %m", path);
 

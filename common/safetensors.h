@@ -31,7 +31,7 @@ typedef struct st_file st_file; /* a loaded, validated file */
 size_t st_dtype_size(st_dtype t);
 const char *st_dtype_name(st_dtype t);
 
-/* Writes the tensors and metadata to path atomically (temp file in the same directory,
+/* Writes the tensors and metadata to path atomically (mode 0640; temp file in the same directory,
  * fsync, rename, fsync of the directory). Data is laid out in the order given. */
 int st_write(const char *path, const st_tensor *tensors, size_t n_tensors, const st_meta *meta,
              size_t n_meta);

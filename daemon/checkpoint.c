@@ -2,11 +2,14 @@
 #include "checkpoint.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "macros.h"
@@ -220,5 +223,39 @@ int ckpt_load(const char *path, model *m, adamw_state *opt, ckpt_state *ret_stat
         r = 0;
 out:
         st_free(f);
+        return r;
+}
+
+/* Only the header is read (8-byte length, then JSON), so listing checkpoints stays cheap
+ * however large the model. */
+int ckpt_read_step(const char *path, long *ret_step) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        _cleanup_free_ char *hdr = NULL;
+        uint8_t len_le[8];
+        uint64_t len = 0;
+        json_t *j, *step;
+        int r = -EBADMSG;
+
+        if (fd < 0)
+                return -errno;
+        if (pread(fd, len_le, 8, 0) != 8)
+                return -EBADMSG;
+        for (int i = 7; i >= 0; i--)
+                len = len << 8 | len_le[i];
+        if (len == 0 || len > (100u << 20) || !(hdr = malloc(len)))
+                return len > (100u << 20) || len == 0 ? -EBADMSG : -ENOMEM;
+        if (pread(fd, hdr, len, 8) != (ssize_t) len)
+                return -EBADMSG;
+        j = json_loadb(hdr, len, 0, NULL);
+        step = json_object_get(json_object_get(j, "__metadata__"), "step");
+        if (json_is_string(step)) {
+                char *end;
+                long v = strtol(json_string_value(step), &end, 10);
+                if (end != json_string_value(step) && !*end && v >= 0) {
+                        *ret_step = v;
+                        r = 0;
+                }
+        }
+        json_decref(j);
         return r;
 }

@@ -27,3 +27,6 @@ int ckpt_read_config(const char *path, model_config *ret_cfg);
  * NULL, the AdamW moments and step count into opt (already allocated for m). Nothing is
  * modified unless the whole file is valid. Errors name the file and the field. */
 int ckpt_load(const char *path, model *m, adamw_state *opt, ckpt_state *ret_state);
+
+/* The step a checkpoint was taken at, from its header alone (no tensor data read). */
+int ckpt_read_step(const char *path, long *ret_step);

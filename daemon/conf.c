@@ -1211,6 +1211,10 @@ static void format_value(const conf *c, conf_key k, char *buf, size_t size) {
         }
 }
 
+void conf_format_value(const conf *c, conf_key k, char *buf, size_t size) {
+        format_value(c, k, buf, size);
+}
+
 int conf_format_show(const conf *c, char **ret) {
         char *buf = NULL;
         size_t size = 0;
@@ -1272,11 +1276,10 @@ static int mkdir_parents_and_self(const char *dir) {
 /* Rewrites overrides.conf with values[k] for each policy knob that has one. */
 static int write_overrides(const char *state_dir, const char *path, const char *const *values,
                            char *err, size_t err_size) {
-        _cleanup_free_ char *tmp = NULL;
         char *buf = NULL;
         size_t size = 0;
         FILE *f;
-        int fd, r;
+        int r;
 
         r = mkdir_parents_and_self(state_dir);
         if (r < 0)
@@ -1296,18 +1299,8 @@ static int write_overrides(const char *state_dir, const char *path, const char *
                 free(buf);
                 return err_msg(err, err_size, -ENOMEM, "Out of memory");
         }
-        r = atomic_file_open(path, 0644, &tmp, &fd);
-        if (r < 0) {
-                free(buf);
-                return err_msg(err, err_size, r, "%s: cannot write: %s", path, strerror(-r));
-        }
-        r = write_full(fd, buf, size);
+        r = write_file_atomic(path, 0644, buf, size);
         free(buf);
-        if (r < 0) {
-                atomic_file_abort(fd, tmp);
-                return err_msg(err, err_size, r, "%s: cannot write: %s", path, strerror(-r));
-        }
-        r = atomic_file_commit(fd, tmp, path);
         if (r < 0)
                 return err_msg(err, err_size, r, "%s: cannot write: %s", path, strerror(-r));
         return 0;

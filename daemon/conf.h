@@ -184,6 +184,9 @@ void conf_ini_done(conf_ini *ini);
  * (an unreadable file, not a missing one). */
 int conf_load(const conf_load_options *opts, conf *ret);
 
+/* The value of key k as "policy show" prints it (and the parser reads back). */
+void conf_format_value(const conf *c, conf_key k, char *buf, size_t size);
+
 /* "edgectl policy show": one line per knob and daemon setting, e.g.
  * "MaxCores = 2 (/etc/edged/edged.conf.d/10-x.conf:3)", with "(built-in)",
  * "(profile quiet)", "(runtime override <file>:<line>)" or "(fleet policy)", and
