@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 #include "macros.h"
 
@@ -9,6 +10,17 @@ enum { LOG_LEVEL_ERR = 3, LOG_LEVEL_WARNING = 4, LOG_LEVEL_INFO = 6, LOG_LEVEL_D
 
 void log_set_max_level(int level);
 int log_get_max_level(void);
+/* "err", "warning", "info", "debug" -> level, or -EINVAL. */
+int log_level_from_string(const char *s);
+
+/* Decides where messages go: the journal (with structured fields) when systemd connected
+ * stderr to it, stderr otherwise; EDGED_LOG_LEVEL=debug|info|warning|err sets the level. */
+void log_open(void);
+bool log_to_journal(void);
+
+/* A state transition, at info level: in the journal it carries EDGED_STATE= and
+ * EDGED_REASON= so "journalctl EDGED_STATE=paused" finds every pause. */
+void log_state(const char *state, const char *reason, const char *fmt, ...) _printf_(3, 4);
 
 /* Logs the message and returns -abs(error), so callers can "return log_error_errno(r, ...)". */
 int log_full_errno(int level, int error, const char *fmt, ...) _printf_(3, 4);

@@ -18,7 +18,7 @@
 #include "sense.h"
 #include "train.h"
 
-#define EDGED_VERSION "0.1.0"
+#include "version.h"
 
 static void usage(FILE *f) {
         fprintf(f,
@@ -469,6 +469,7 @@ static int cmd_daemon(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+        log_open();
         if (argc < 2 || (argv[1][0] == '-' && strcmp(argv[1], "-h") != 0 &&
                          strcmp(argv[1], "--help") != 0 && strcmp(argv[1], "-V") != 0 &&
                          strcmp(argv[1], "--version") != 0))
