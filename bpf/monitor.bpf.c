@@ -21,6 +21,10 @@
 
 /* Set by user space before load; the verifier prunes on them. */
 const volatile __u32 harvester_tgid = 0; /* harvesters are threads of this process */
+/* When set, every thread of harvester_tgid but this one is a harvester, registered or not:
+ * threads that come and go between two samples (BLAS workers, io_uring workers) are never
+ * mistaken for foreground work waiting behind edged. */
+const volatile __u32 keep_pid = 0;
 const volatile bool track_latency = true;
 const volatile bool use_sched_info = true; /* else the wakeup programs feed "wakeups" */
 
@@ -77,7 +81,11 @@ static __always_inline int task_on_cpu(struct task_struct *t, bool btf) {
 }
 
 static __always_inline bool is_harvester(__u32 pid, __u32 tgid) {
-        return tgid == harvester_tgid && bpf_map_lookup_elem(&harvesters, &pid);
+        if (tgid != harvester_tgid)
+                return false;
+        if (keep_pid)
+                return pid != keep_pid;
+        return bpf_map_lookup_elem(&harvesters, &pid);
 }
 
 static __always_inline __u32 classify(struct task_struct *t, __u32 pid, bool btf) {

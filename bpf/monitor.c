@@ -234,7 +234,7 @@ static const char *latency_name(monitor_latency l) {
 }
 
 /* One attempt: attach mode tp_btf or raw_tp, latency from sched_info, wakeup programs or off. */
-static int try_open(monitor *m, pid_t tgid, bool tp_btf, monitor_latency lat, char *why,
+static int try_open(monitor *m, pid_t tgid, pid_t keep, bool tp_btf, monitor_latency lat, char *why,
                     size_t why_len) {
         struct monitor_bpf *s;
         size_t page = (size_t) sysconf(_SC_PAGESIZE);
@@ -248,6 +248,7 @@ static int try_open(monitor *m, pid_t tgid, bool tp_btf, monitor_latency lat, ch
                 return r;
         }
         s->rodata->harvester_tgid = (__u32) tgid;
+        s->rodata->keep_pid = (__u32) keep;
         s->rodata->track_latency = lat != MONITOR_LATENCY_OFF;
         s->rodata->use_sched_info = lat == MONITOR_LATENCY_SCHED_INFO;
         set_autoload(s, tp_btf, lat == MONITOR_LATENCY_WAKEUP);
@@ -361,7 +362,7 @@ int monitor_open(const monitor_opts *opts, monitor **ret, char *why, size_t why_
                         continue;
                 for (int l = 0; l < n_lats; l++) {
                         capture_reset(opts->verbose || env_true("EDGED_MONITOR_VERBOSE"));
-                        r = try_open(m, tgid, a == 0, lats[l], attach_why[a],
+                        r = try_open(m, tgid, opts->keep_tid, a == 0, lats[l], attach_why[a],
                                      sizeof(attach_why[a]));
                         if (r == 0) {
                                 if (a == 1 && attaches[0])

@@ -35,6 +35,8 @@ typedef enum {
 
 typedef struct {
         pid_t tgid; /* process whose registered threads are harvesters; 0: the caller's */
+        pid_t keep_tid; /* not 0: every thread of tgid but this one is a harvester, without
+                         * registration (the daemon: all but its event loop's thread) */
         monitor_mode mode;
         monitor_latency latency;
         bool force_fail; /* fail with -ECANCELED, to test the fallback (also: environment

@@ -84,8 +84,10 @@ int policy_idle_cores(int n_cpus, double avail_pct) {
                 pct = 0;
         if (pct > 100)
                 pct = 100;
-        /* The epsilon keeps 8 x 75 % from landing on 5.999... */
-        n = (int) floor(n_cpus * pct / 100.0 + 1e-9);
+        /* A core that is free POLICY_CORE_FREE_FRACTION of the time counts as idle: the
+         * daemon's own loop, kernel threads and the odd timer never leave a core 100 % free,
+         * and on a quiet 2-core machine 99 % idle must mean two cores, not one. */
+        n = (int) floor(n_cpus * pct / 100.0 + (1.0 - POLICY_CORE_FREE_FRACTION) + 1e-9);
         return MAX(1, MIN(n, n_cpus));
 }
 
@@ -182,6 +184,20 @@ static void brake_update(policy_state *s, const policy_input *in, const policy_s
                 s->brake_limit = 0;
 }
 
+double policy_excess_delay_ms(const sensors_sample_t *smp) {
+        uint64_t others = smp->latency_count > smp->interference_count
+                                  ? smp->latency_count - smp->interference_count
+                                  : 0;
+        double baseline = 0, excess;
+
+        if (smp->interval_s <= 0)
+                return 0;
+        if (others > 0 && smp->latency_sum_ns > smp->interference_sum_ns)
+                baseline = (double) (smp->latency_sum_ns - smp->interference_sum_ns) / (double) others;
+        excess = (double) smp->interference_sum_ns - baseline * (double) smp->interference_count;
+        return excess > 0 ? excess / 1e6 / smp->interval_s : 0;
+}
+
 policy_decision policy_decide(const policy_knobs *k, const policy_input *in,
                               const policy_state *prev, policy_state *next) {
         /* Work on a copy so next may alias prev. */
@@ -215,8 +231,7 @@ policy_decision policy_decide(const policy_knobs *k, const policy_input *in,
         if (k->max_cores > 0)
                 target = MIN(target, k->max_cores);
 
-        if (smp->interval_s > 0)
-                delay = (double) smp->interference_sum_ns / 1e6 / smp->interval_s;
+        delay = policy_excess_delay_ms(smp);
         d.delay_ms_per_s = delay;
         brake_update(&s, in, prev, was_running, delay, k->max_foreground_delay_ms, target);
 

@@ -44,7 +44,8 @@
 #define POLICY_IDLE_HYSTERESIS_PCT 10.0 /* points below MinIdlePercent before a stop */
 #define POLICY_WINDOW_FILL 0.9          /* share of IdleWindowSec observed before a start */
 #define POLICY_BRAKE_QUIET_SEC 20.0     /* quiet time before the brake gives a core back */
-#define POLICY_IDLE_SLOTS 64            /* ring of idle samples (merged for long windows) */
+#define POLICY_IDLE_SLOTS 64
+#define POLICY_CORE_FREE_FRACTION 0.9   /* a core this free counts as idle */            /* ring of idle samples (merged for long windows) */
 
 typedef enum {
         POLICY_OFF,
@@ -129,6 +130,11 @@ const char *policy_mode_name(policy_mode m);     /* "off", "paused", "running"; 
 /* The pieces policy_decide() is made of, pure as well (tests, edgectl). */
 bool policy_in_active_hours(const policy_knobs *k, int weekday, int minute_of_day);
 bool policy_on_battery(const sensors_sample_t *s);
+/* The foreground wakeup delay edged caused, in ms per second of the sample: the waits of
+ * wakeups that found a harvester thread on the CPU, minus what the same number of wakeups
+ * waited on average elsewhere (wakeup latency that exists without edged: idle exit, IPIs,
+ * the hypervisor). */
+double policy_excess_delay_ms(const sensors_sample_t *s);
 int policy_idle_cores(int n_cpus, double avail_pct);
 /* Records interval_s seconds ending at now_s at avail_pct; window_s sets the merge size. */
 void policy_idle_push(policy_state *s, double window_s, double now_s, double interval_s,

@@ -122,7 +122,8 @@ int sensors_new(const sensors_opts *o, sensors **ret) {
         else if (strcmp(s->root, "/") != 0)
                 /* the kernel's scheduler is not part of a fake tree */
                 snprintf(s->why_not_bpf, sizeof(s->why_not_bpf), "reading a fake root (%s)", s->root);
-        else if (monitor_open(NULL, &s->monitor, s->why_not_bpf, sizeof(s->why_not_bpf)) < 0)
+        else if (monitor_open(&(monitor_opts) { .keep_tid = o->keep_tid }, &s->monitor,
+                              s->why_not_bpf, sizeof(s->why_not_bpf)) < 0)
                 s->monitor = NULL;
         if (!s->monitor)
                 log_info("CPU figures from /proc/stat: the eBPF monitor is not in use (%s)",
@@ -167,6 +168,27 @@ int sensors_remove_harvester(sensors *s, pid_t tid) {
                         return s->monitor ? monitor_remove_harvester(s->monitor, tid) : 0;
                 }
         return -ENOENT;
+}
+
+static bool tid_in(const pid_t *tids, size_t n, pid_t tid) {
+        for (size_t i = 0; i < n; i++)
+                if (tids[i] == tid)
+                        return true;
+        return false;
+}
+
+int sensors_set_harvesters(sensors *s, const pid_t *tids, size_t n) {
+        int r = 0;
+
+        for (size_t i = 0; i < s->n_harvesters;)
+                if (!tid_in(tids, n, s->harvesters[i]))
+                        (void) sensors_remove_harvester(s, s->harvesters[i]);
+                else
+                        i++;
+        for (size_t i = 0; i < n && r >= 0; i++)
+                if (!tid_in(s->harvesters, s->n_harvesters, tids[i]))
+                        r = sensors_add_harvester(s, tids[i]);
+        return r;
 }
 
 static double pct(uint64_t part, uint64_t whole) {

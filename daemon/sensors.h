@@ -21,6 +21,7 @@ typedef struct {
         const char *root;                  /* "/" unless a test points at a fake tree */
         const char *const *thermal_types;  /* zone types that count; NULL: the defaults */
         bool no_bpf;                       /* force the /proc fallback */
+        pid_t keep_tid;                    /* see monitor_opts.keep_tid; 0: registered only */
 } sensors_opts;
 
 typedef struct {
@@ -62,6 +63,8 @@ sensors *sensors_free(sensors *s);
 /* Threads whose CPU time counts as harvested rather than foreground. */
 int sensors_add_harvester(sensors *s, pid_t tid);
 int sensors_remove_harvester(sensors *s, pid_t tid);
+/* Makes the set exactly tids: threads come and go (BLAS workers, io_uring workers). */
+int sensors_set_harvesters(sensors *s, const pid_t *tids, size_t n);
 
 /* The first call measures from sensors_new(). */
 int sensors_sample(sensors *s, sensors_sample_t *ret);

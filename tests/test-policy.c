@@ -666,6 +666,28 @@ static void test_clock_jumps(void **unused) {
         assert_float_equal(cover, 0, 0);
 }
 
+/* Hand-computed: 100 other wakeups waited 2 ms in all (20 us each); 10 that found a harvester
+ * waited 5.2 ms in all, of which 10 x 20 us would have happened anyway: 5.0 ms over 0.5 s is
+ * 10 ms/s. */
+static void test_excess_delay(void **unused) {
+        sensors_sample_t smp = { .interval_s = 0.5,
+                                 .latency_count = 110,
+                                 .latency_sum_ns = 7200000,
+                                 .interference_count = 10,
+                                 .interference_sum_ns = 5200000 };
+        assert_float_equal(policy_excess_delay_ms(&smp), 10.0, 1e-9);
+        /* waits no longer than elsewhere: nothing is edged's doing */
+        smp.interference_sum_ns = 150000;
+        smp.latency_sum_ns = 2150000;
+        assert_float_equal(policy_excess_delay_ms(&smp), 0.0, 0);
+        /* no other wakeups to compare with: every wait counts */
+        smp = (sensors_sample_t) { .interval_s = 1, .latency_count = 4, .latency_sum_ns = 3000000,
+                                   .interference_count = 4, .interference_sum_ns = 3000000 };
+        assert_float_equal(policy_excess_delay_ms(&smp), 3.0, 1e-9);
+        smp.interval_s = 0;
+        assert_float_equal(policy_excess_delay_ms(&smp), 0.0, 0);
+}
+
 static void test_helpers(void **unused) {
         static const char *const names[] = { "none",         "not-idle",    "hot",
                                              "on-battery",   "low-battery", "outside-hours",
@@ -685,8 +707,12 @@ static void test_helpers(void **unused) {
 
         assert_int_equal(policy_idle_cores(8, 0), 1);
         assert_int_equal(policy_idle_cores(8, 12.5), 1);
-        assert_int_equal(policy_idle_cores(8, 24.9), 1);
+        assert_int_equal(policy_idle_cores(8, 23.7), 1); /* 1.896 cores free */
+        assert_int_equal(policy_idle_cores(8, 23.8), 2); /* 1.904: the second is 90 % free */
         assert_int_equal(policy_idle_cores(8, 25), 2);
+        assert_int_equal(policy_idle_cores(2, 99), 2); /* a quiet 2-core laptop */
+        assert_int_equal(policy_idle_cores(2, 94), 1);
+        assert_int_equal(policy_idle_cores(2, 96), 2);
         assert_int_equal(policy_idle_cores(8, 150), 8);
         assert_int_equal(policy_idle_cores(0, 100), 1);
         assert_int_equal(policy_idle_cores(3, 100.0 * 2 / 3), 2);
@@ -732,6 +758,7 @@ int main(void) {
                 cmocka_unit_test(test_alias_and_const),
                 cmocka_unit_test(test_clock_jumps),
                 cmocka_unit_test(test_helpers),
+                cmocka_unit_test(test_excess_delay),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
