@@ -33,7 +33,7 @@ CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 WARNINGS := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
 	-Wno-unused-parameter -Wformat=2 -Wvla
 CFLAGS ?= -O2 -g
-override CFLAGS += -std=gnu11 $(WARNINGS) -D_GNU_SOURCE -Icommon -Ikernels -Idaemon -Ibpf -I$(BUILD)/bpf \
+override CFLAGS += -std=gnu11 $(WARNINGS) -D_GNU_SOURCE -Icommon -Ikernels -Idaemon -Ictl -Ibpf -I$(BUILD)/bpf \
 	$(PC_CFLAGS) \
 	-fno-strict-aliasing -MMD -MP
 ifeq ($(NATIVE),1)
@@ -45,14 +45,15 @@ override LDFLAGS += -fsanitize=address,undefined
 endif
 LDLIBS := $(PC_LIBS) -lm -lpthread
 
-LIB_SRCS := $(wildcard common/*.c kernels/*.c) $(filter-out daemon/main.c,$(wildcard daemon/*.c)) \
+MAIN_SRCS := daemon/main.c ctl/edgectl.c
+LIB_SRCS := $(filter-out $(MAIN_SRCS),$(wildcard common/*.c kernels/*.c daemon/*.c ctl/*.c)) \
 	$(filter-out %.bpf.c,$(wildcard bpf/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_SRCS := $(wildcard tests/test-*.c)
 TESTS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCHES := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
-PROGRAMS := $(BUILD)/edged
+PROGRAMS := $(BUILD)/edged $(if $(wildcard ctl/edgectl.c),$(BUILD)/edgectl)
 
 # eBPF programs: compiled with clang for the BPF target against the running kernel's BTF
 # (bpftool dumps it as vmlinux.h; without BTF the small vendored bpf/vmlinux-min.h serves,
@@ -104,6 +105,9 @@ $(BUILD)/libedge.a: $(LIB_OBJS)
 $(BUILD)/edged: $(BUILD)/obj/daemon/main.o $(BUILD)/libedge.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/edgectl: $(BUILD)/obj/ctl/edgectl.o $(BUILD)/libedge.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libedge.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS)
@@ -137,14 +141,25 @@ bench: ensure-deps
 run-tests: $(PROGRAMS) $(TESTS)
 	@tests/run-tests $(BUILD) $(TESTS)
 
+# The demo is the service itself, in the foreground with the policy active: it waits for the
+# machine to be idle, trains on the licence texts Debian ships, backs off when something else
+# needs the CPU, and stops by itself; then the model it trained writes a few lines.
 DEMO_DIR ?= $(BUILD)/demo
 DEMO_DATA ?= /usr/share/common-licenses
-DEMO_STEPS ?= 2000
+DEMO_SECONDS ?= 120
 run-demo: $(PROGRAMS)
 	@mkdir -p $(DEMO_DIR)
-	@rm -f $(DEMO_DIR)/demo.safetensors
-	$(BUILD)/edged train --data $(DEMO_DATA) --config tiny --steps $(DEMO_STEPS) --batch 16 \
-		--lr 3e-3 --warmup 50 --eval-every 250 --checkpoint $(DEMO_DIR)/demo.safetensors
+	@rm -rf $(DEMO_DIR)/state
+	@printf '%s\n' '# make demo: a small model, a short idle window so it starts soon' \
+		'[Policy]' 'IdleWindowSec=5' \
+		'[Daemon]' 'DataDirectory=$(abspath $(DEMO_DATA))' 'Model=tiny' 'CheckpointIntervalSec=30' \
+		> $(DEMO_DIR)/edged.conf
+	$(BUILD)/edged --foreground --progress --config $(DEMO_DIR)/edged.conf \
+		--state-dir $(DEMO_DIR)/state --control $(DEMO_DIR)/control --run-seconds $(DEMO_SECONDS)
+	@echo "--- the model after $(DEMO_SECONDS) s, asked to continue 'The Licensee shall':"
+	@$(BUILD)/edged sample --checkpoint $(DEMO_DIR)/state/checkpoint.safetensors --tokens 200 \
+		--temperature 0.6 'The Licensee shall'
+	@echo
 
 BENCH_ARGS ?=
 # bench/train: training throughput and MFU; bench/monitor: the eBPF monitor's cost per
@@ -156,7 +171,7 @@ run-bench: $(BENCHES)
 
 format:
 	@command -v clang-format >/dev/null || $(SUDO) apt-get install -y clang-format
-	clang-format -i $(filter-out bpf/vmlinux-min.h,$(wildcard common/*.[ch] kernels/*.[ch] daemon/*.[ch] \
+	clang-format -i $(filter-out bpf/vmlinux-min.h,$(wildcard common/*.[ch] kernels/*.[ch] daemon/*.[ch] ctl/*.[ch] \
 		bpf/*.[ch] tests/*.[ch] bench/*.[ch]))
 
 analyze: ensure-deps $(BPF_SKELS)
@@ -164,9 +179,9 @@ analyze: ensure-deps $(BPF_SKELS)
 		$(SUDO) apt-get install -y --no-install-recommends cppcheck clang-tidy
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 		--inline-suppr --suppress=missingIncludeSystem -Icommon -Ikernels -Idaemon -Ibpf \
-		--suppress=unknownMacro:bench/monitor.c $(LIB_SRCS) daemon/main.c $(TEST_SRCS) $(BENCH_SRCS)
-	clang-tidy --quiet $(LIB_SRCS) daemon/main.c $(BENCH_SRCS) -- -std=gnu11 -D_GNU_SOURCE -Icommon -Ikernels \
-		-Idaemon -Ibpf -I$(BUILD)/bpf $(PC_CFLAGS)
+		--suppress=unknownMacro:bench/monitor.c $(LIB_SRCS) $(wildcard $(MAIN_SRCS)) $(TEST_SRCS) $(BENCH_SRCS)
+	clang-tidy --quiet $(LIB_SRCS) $(wildcard $(MAIN_SRCS)) $(BENCH_SRCS) -- -std=gnu11 -D_GNU_SOURCE -Icommon -Ikernels \
+		-Idaemon -Ictl -Ibpf -I$(BUILD)/bpf $(PC_CFLAGS)
 
 clean:
 	rm -rf build
