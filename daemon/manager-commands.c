@@ -130,9 +130,13 @@ static int cmd_stats(json_t *req, json_t **reply, void *userdata) {
         return *reply ? 0 : -ENOMEM;
 }
 
-static json_t *pause_reply(manager *m) {
-        return json_pack("{s:s, s:o}", "state", "paused", "paused_until",
-                         m->ds.pause_indefinite ? json_null() : json_integer(m->ds.pause_until));
+/* The state after a pause or resume, decided on the spot rather than at the next sample. */
+static json_t *state_reply(manager *m) {
+        manager_decide(m);
+        bool timed = !m->ds.pause_indefinite && m->ds.pause_until > time(NULL);
+        return json_pack("{s:s, s:s, s:o}", "state", policy_mode_name(m->last.mode), "reason",
+                         policy_reason_name(m->last.reason), "paused_until",
+                         timed ? json_integer(m->ds.pause_until) : json_null());
 }
 
 static int cmd_pause(json_t *req, json_t **reply, void *userdata) {
@@ -145,9 +149,6 @@ static int cmd_pause(json_t *req, json_t **reply, void *userdata) {
         m->ds.pause_indefinite = !secs;
         m->ds.pause_until = secs ? (int64_t) time(NULL) + json_integer_value(secs) : 0;
         /* takes effect now, not at the next sample */
-        if (m->trainer)
-                trainer_set_cores(m->trainer, 0);
-        manager_tick_now(m);
         manager_save_state(m);
         if (secs) {
                 char what[64];
@@ -156,7 +157,7 @@ static int cmd_pause(json_t *req, json_t **reply, void *userdata) {
                 log_who(m, what);
         } else
                 log_who(m, "paused by the user");
-        *reply = pause_reply(m);
+        *reply = state_reply(m);
         return *reply ? 0 : -ENOMEM;
 }
 
@@ -164,10 +165,10 @@ static int cmd_resume(json_t *req, json_t **reply, void *userdata) {
         manager *m = userdata;
         m->ds.pause_indefinite = false;
         m->ds.pause_until = 0;
-        manager_tick_now(m);
         manager_save_state(m);
         log_who(m, "resumed by the user");
-        return 0;
+        *reply = state_reply(m);
+        return *reply ? 0 : -ENOMEM;
 }
 
 static const char *const origin_names[] = {

@@ -48,7 +48,8 @@ extern const control_command manager_commands[];
 extern const size_t manager_n_commands;
 
 int manager_load_conf(manager *m);
-/* Samples and decides now rather than at the next period (user pause, power events). */
-void manager_tick_now(manager *m);
+/* Samples, decides and applies the decision now (every period, and at once after a user
+ * pause or a power event). */
+void manager_decide(manager *m);
 /* Writes daemon-state.json now (after a user pause changes, and periodically). */
 void manager_save_state(manager *m);

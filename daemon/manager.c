@@ -193,8 +193,7 @@ static void account(manager *m, const policy_decision *d, bool transition, time_
                 manager_save_state(m);
 }
 
-static int on_tick(sd_event_source *src, uint64_t usec, void *userdata) {
-        manager *m = userdata;
+void manager_decide(manager *m) {
         policy_input in = { 0 };
         time_t now = time(NULL);
         struct tm lt;
@@ -243,15 +242,17 @@ static int on_tick(sd_event_source *src, uint64_t usec, void *userdata) {
         sd_notifyf(false, "STATUS=%s", line);
         if (m->o->progress)
                 progress_line(m, &d);
+}
+
+static int on_tick(sd_event_source *src, uint64_t usec, void *userdata) {
+        manager *m = userdata;
+        int r;
+
+        manager_decide(m);
         if (m->o->run_seconds > 0 && mono_now_s() - m->started >= m->o->run_seconds)
                 return sd_event_exit(m->event, 0);
         r = sd_event_source_set_time_relative(src, SAMPLE_USEC);
         return r < 0 ? r : sd_event_source_set_enabled(src, SD_EVENT_ONESHOT);
-}
-
-void manager_tick_now(manager *m) {
-        if (m->tick && sd_event_source_set_time_relative(m->tick, 0) >= 0)
-                (void) sd_event_source_set_enabled(m->tick, SD_EVENT_ONESHOT);
 }
 
 /* Unplugging must pause now, not at the next sample. */
@@ -259,7 +260,7 @@ static void on_power_event(const char *sysname, const char *action, void *userda
         manager *m = userdata;
 
         log_debug("power supply %s: %s", sysname, action);
-        manager_tick_now(m);
+        manager_decide(m);
 }
 
 static int on_data_dir_change(sd_event_source *s, const struct inotify_event *ev, void *userdata) {

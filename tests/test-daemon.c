@@ -165,6 +165,19 @@ static void test_scenario(void **state) {
         printf("profile-set noisy: %s\n", json_string_value(json_object_get(p, "message")));
         json_decref(p);
 
+        /* SIGHUP reloads the configuration: a core limit takes effect without a restart */
+        long long cores = harness_status_int(control, "cores");
+        harness_write(test_tmpdir, "edged.conf",
+                      "[Policy]\nIdleWindowSec=2\nMaxForegroundDelayMs=1000\nMaxCores=1\n"
+                      "[Daemon]\nDataDirectory=/data\nModel=tiny\n");
+        kill(daemon_pid, SIGHUP);
+        t0 = harness_now();
+        while (harness_status_int(control, "cores") != 1 && harness_now() - t0 < TRANSITION_TIMEOUT_S)
+                usleep(50 * 1000);
+        printf("SIGHUP with MaxCores=1: %lld cores -> %lld after %.2f s\n", cores,
+               harness_status_int(control, "cores"), harness_now() - t0);
+        assert_int_equal(harness_status_int(control, "cores"), 1);
+
         /* rights: anyone reads, only root and group edged change things */
         if (geteuid() == 0)
                 assert_int_equal(as_nobody(), 0);
