@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include "train-step.h"
 
+#include <errno.h>
+
 #define DATA_CURSOR_SALT 0x6461746163757273ULL /* "datacurs": keeps data and init streams apart */
 
 void trainer_fresh(model *m, uint64_t seed, ckpt_state *ret) {
@@ -28,6 +30,9 @@ int trainer_step(model *m, adamw_state *opt, const batch_source *src, int B, int
         }
         if (r < 0)
                 return r;
+        /* one more chance to pause (or stop) before the parameters change */
+        if (m->yield && m->yield(m->yield_userdata))
+                return -ECANCELED;
         if (update_lock)
                 pthread_mutex_lock(update_lock);
         adamw_step(opt, &m->layout, m->params, m->grads, lr);

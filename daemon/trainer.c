@@ -34,9 +34,12 @@ struct trainer {
         pthread_mutex_t lock;
         pthread_cond_t wake, changed;
         pthread_mutex_t params_lock; /* held while the optimizer writes the parameters */
-        bool save_requested;
+        atomic_bool save_requested; /* read by the hook without the lock */
         long saved_step;
         long val_due; /* step at which the next validation loss is measured */
+        /* trainer thread only */
+        int running_cores;
+        double last_save;
         atomic_int cores; /* read between layers without the lock */
         atomic_bool stop;
         bool parked;
@@ -45,10 +48,6 @@ struct trainer {
         trainer_stats stats;
 };
 
-static bool should_yield(void *userdata) {
-        trainer *t = userdata;
-        return atomic_load(&t->cores) == 0 || atomic_load(&t->stop);
-}
 
 static int set_idle(pid_t tid) {
         struct sched_param p = { 0 };
@@ -235,51 +234,70 @@ static void step_failed(trainer *t, int r) {
 }
 
 static bool take_save_request(trainer *t) {
-        bool r = t->save_requested;
-        t->save_requested = false;
-        return r;
+        return atomic_exchange(&t->save_requested, false);
 }
 
-static void *thread_main(void *arg) {
-        trainer *t = arg;
-        double last_save = mono_now_s();
-        int running_cores = 0;
-
-        /* before any BLAS call from here, so threads it starts inherit the class */
-        set_idle(0);
+/* Waits while the grant is zero, answering save requests meanwhile. Called between steps
+ * and from the model's hook inside a step: parking mid-step keeps the half-done step (its
+ * activations and gradients) instead of throwing it away, and a checkpoint taken then holds
+ * the last whole step, which is all that is in params, optimizer and cursor. Returns false
+ * when the trainer is stopping. */
+static bool park_while_paused(trainer *t) {
+        pthread_mutex_lock(&t->lock);
         for (;;) {
-                pthread_mutex_lock(&t->lock);
-                while (atomic_load(&t->cores) == 0 && !atomic_load(&t->stop)) {
-                        if (!t->parked) {
+                if (atomic_load(&t->stop))
+                        break;
+                bool save_now = take_save_request(t);
+                if (save_now || (atomic_load(&t->cores) == 0 && !t->parked)) {
+                        if (!save_now) {
                                 t->parked = true;
                                 t->park_latency = mono_now_s() - t->park_requested_at;
                                 pthread_cond_broadcast(&t->changed);
                         }
-                        if (take_save_request(t)) {
-                                pthread_mutex_unlock(&t->lock);
+                        pthread_mutex_unlock(&t->lock);
+                        if (save_now) {
                                 save(t);
-                                last_save = mono_now_s();
-                                pthread_mutex_lock(&t->lock);
-                                continue;
+                                t->last_save = mono_now_s();
                         }
-                        pthread_cond_wait(&t->wake, &t->lock);
+                        pthread_mutex_lock(&t->lock);
+                        continue;
                 }
-                t->parked = false;
-                bool save_now = take_save_request(t);
-                pthread_mutex_unlock(&t->lock);
-                if (atomic_load(&t->stop))
+                if (atomic_load(&t->cores) > 0)
                         break;
-                if (save_now) {
-                        save(t);
-                        last_save = mono_now_s();
-                }
+                pthread_cond_wait(&t->wake, &t->lock);
+        }
+        t->parked = false;
+        pthread_mutex_unlock(&t->lock);
+        if (atomic_load(&t->stop))
+                return false;
 
-                int want = atomic_load(&t->cores);
-                if (want > 0 && want != running_cores) {
-                        blas_set_threads(want);
-                        running_cores = want;
-                        trainer_idle_threads(t);
-                }
+        int want = atomic_load(&t->cores);
+        if (want > 0 && want != t->running_cores) {
+                blas_set_threads(want);
+                t->running_cores = want;
+                trainer_idle_threads(t);
+        }
+        return true;
+}
+
+/* The model's hook, between layers: parks right there while paused; aborts only to stop. */
+static bool should_yield(void *userdata) {
+        trainer *t = userdata;
+
+        if (atomic_load(&t->stop))
+                return true;
+        if (atomic_load(&t->cores) > 0 && !atomic_load(&t->save_requested))
+                return false;
+        return !park_while_paused(t);
+}
+
+static void *thread_main(void *arg) {
+        trainer *t = arg;
+
+        /* before any BLAS call from here, so threads it starts inherit the class */
+        set_idle(0);
+        t->last_save = mono_now_s();
+        while (park_while_paused(t)) {
                 int r = one_step(t);
                 if (r == -ECANCELED) {
                         pthread_mutex_lock(&t->lock);
@@ -292,9 +310,10 @@ static void *thread_main(void *arg) {
                         continue;
                 }
                 maybe_validate(t);
-                if (t->c.checkpoint_interval_s > 0 && mono_now_s() - last_save >= t->c.checkpoint_interval_s) {
+                if (t->c.checkpoint_interval_s > 0 &&
+                    mono_now_s() - t->last_save >= t->c.checkpoint_interval_s) {
                         save(t);
-                        last_save = mono_now_s();
+                        t->last_save = mono_now_s();
                 }
         }
         pthread_mutex_lock(&t->lock);
@@ -373,12 +392,17 @@ int trainer_stop(trainer *t) {
 }
 
 void trainer_set_cores(trainer *t, int cores) {
+        if (cores < 0)
+                cores = 0;
         pthread_mutex_lock(&t->lock);
-        if (cores == 0 && atomic_load(&t->cores) != 0)
-                t->park_requested_at = mono_now_s();
-        atomic_store(&t->cores, cores < 0 ? 0 : cores);
-        t->stats.cores = cores;
-        pthread_cond_broadcast(&t->wake);
+        if (cores != atomic_load(&t->cores)) {
+                if (cores == 0)
+                        t->park_requested_at = mono_now_s();
+                atomic_store(&t->cores, cores);
+                t->stats.cores = cores;
+                /* only on a change: a paused trainer is not woken once a second for nothing */
+                pthread_cond_broadcast(&t->wake);
+        }
         pthread_mutex_unlock(&t->lock);
 }
 
@@ -437,7 +461,7 @@ static bool saved_since(trainer *t, long checkpoints) {
 int trainer_save_now(trainer *t, double timeout_s) {
         pthread_mutex_lock(&t->lock);
         long before = (long) t->stats.checkpoints;
-        t->save_requested = true;
+        atomic_store(&t->save_requested, true);
         pthread_cond_broadcast(&t->wake);
         pthread_mutex_unlock(&t->lock);
         return wait_until(t, timeout_s, saved_since, before);

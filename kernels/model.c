@@ -302,6 +302,8 @@ int model_forward(model *m, const uint8_t *tokens, const uint8_t *targets, int B
                      nn_matmul_forward(attproj, atty, p->attproj_w[l], p->attproj_b[l], BT, C, C));
                 PROF(m, fwd, PROF_RESIDUAL,
                      nn_residual_forward(residual2, residual, attproj, BT * C));
+                if (should_stop(m))
+                        return -ECANCELED;
                 PROF(m, fwd, PROF_LAYERNORM,
                      nn_layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p->ln2_w[l],
                                           p->ln2_b[l], BT, C));
@@ -314,6 +316,8 @@ int model_forward(model *m, const uint8_t *tokens, const uint8_t *targets, int B
                 PROF(m, fwd, PROF_RESIDUAL,
                      nn_residual_forward(residual3, residual2, fcproj, BT * C));
         }
+        if (should_stop(m))
+                return -ECANCELED;
         const float *last = a->residual3 + (cfg->n_layer - 1) * BT * C;
         PROF(m, fwd, PROF_LAYERNORM,
              nn_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, last, p->lnf_w, p->lnf_b, BT,
@@ -340,6 +344,8 @@ int model_backward(model *m, const uint8_t *tokens, float loss_scale) {
 
         if (!m->targets)
                 return -EINVAL;
+        if (should_stop(m))
+                return -ECANCELED;
 
         PROF(m, bwd, PROF_LOSS,
              nn_crossentropy_backward(a->dlogits, a->probs, m->targets, BT, MODEL_VOCAB,
@@ -376,6 +382,8 @@ int model_backward(model *m, const uint8_t *tokens, float loss_scale) {
                 PROF(m, bwd, PROF_LAYERNORM,
                      nn_layernorm_backward(a->dresidual, g->ln2_w[l], g->ln2_b[l], a->dbtc,
                                            residual2, p->ln2_w[l], ln2_mean, ln2_rstd, BT, C));
+                if (should_stop(m))
+                        return -ECANCELED;
                 /* attention branch: dresidual is now the gradient of residual2 */
                 PROF(m, bwd, PROF_MATMUL,
                      nn_matmul_backward(a->dbtc, g->attproj_w[l], g->attproj_b[l], a->dresidual,
@@ -389,6 +397,8 @@ int model_backward(model *m, const uint8_t *tokens, float loss_scale) {
                      nn_layernorm_backward(a->dresidual, g->ln1_w[l], g->ln1_b[l], a->dbtc,
                                            residual, p->ln1_w[l], ln1_mean, ln1_rstd, BT, C));
         }
+        if (should_stop(m))
+                return -ECANCELED;
         PROF(m, bwd, PROF_EMBED,
              nn_encoder_backward(g->wte, g->wpe, a->dresidual, tokens, B, T, C));
         return 0;

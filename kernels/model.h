@@ -102,8 +102,10 @@ typedef struct {
         float *dlogits;   /* (B,T,V) */
 } model_acts;
 
-/* Hook the trainer can set: called between layers; returning true aborts the pass.
- * Lets the daemon pause within one layer's time. */
+/* Hook the trainer can set: called between layers and between the attention and MLP halves
+ * of each; returning true aborts the pass (-ECANCELED). The daemon's hook blocks while it is
+ * paused (nothing is lost) and returns true only to stop, so a pause takes effect within
+ * half a layer's time. */
 typedef bool (*model_yield_fn)(void *userdata);
 
 /* Time spent per kind of operation, for benchmarks (seconds, accumulated). */
