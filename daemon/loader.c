@@ -704,9 +704,18 @@ static void *producer(void *arg) {
                 }
                 if (l->count == l->prefetch) {
                         if (l->check_interval_s) {
+                                /* sleep until the next check is due, not a second at a time:
+                                 * a paused daemon should not wake up for nothing */
+                                uint64_t due = last_check + (uint64_t) l->check_interval_s * 1000000000ULL;
+                                uint64_t wait = due > now ? due - now : 0;
                                 struct timespec ts;
                                 clock_gettime(CLOCK_REALTIME, &ts);
-                                ts.tv_sec += 1;
+                                ts.tv_sec += (time_t) (wait / 1000000000ULL);
+                                ts.tv_nsec += (long) (wait % 1000000000ULL);
+                                if (ts.tv_nsec >= 1000000000L) {
+                                        ts.tv_sec++;
+                                        ts.tv_nsec -= 1000000000L;
+                                }
                                 pthread_cond_timedwait(&l->space, &l->q_lock, &ts);
                         } else
                                 pthread_cond_wait(&l->space, &l->q_lock);
