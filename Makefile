@@ -22,19 +22,22 @@ endif
 
 # Debian packages the build and the tests need, and the pkg-config names that prove them.
 DEB_PKGS := build-essential pkg-config libopenblas-dev libjansson-dev libcmocka-dev \
-	clang llvm libbpf-dev bpftool libsystemd-dev liburing-dev
-PC_PKGS := openblas jansson cmocka libbpf libsystemd liburing
+	clang llvm libbpf-dev bpftool libsystemd-dev liburing-dev \
+	libzstd-dev libcurl4-openssl-dev libmicrohttpd-dev libsqlite3-dev libssl-dev
+PC_PKGS := openblas jansson cmocka libbpf libsystemd liburing libzstd libcurl libmicrohttpd sqlite3 \
+	libcrypto
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 PC_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PC_PKGS) 2>/dev/null)
-PC_LIBS := $(shell $(PKG_CONFIG) --libs openblas jansson libbpf libsystemd liburing 2>/dev/null)
+PC_LIBS := $(shell $(PKG_CONFIG) --libs openblas jansson libbpf libsystemd liburing libzstd libcurl \
+	libmicrohttpd sqlite3 libcrypto 2>/dev/null)
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 
 WARNINGS := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
 	-Wno-unused-parameter -Wformat=2 -Wvla
 CFLAGS ?= -O2 -g
-override CFLAGS += -std=gnu11 $(WARNINGS) -D_GNU_SOURCE -Icommon -Ikernels -Idaemon -Ictl -Ibpf -I$(BUILD)/bpf \
-	$(PC_CFLAGS) \
+override CFLAGS += -std=gnu11 $(WARNINGS) -D_GNU_SOURCE -Icommon -Ikernels -Idaemon -Ictl -Iaggregator -Ibpf \
+	-I$(BUILD)/bpf $(PC_CFLAGS) \
 	-fno-strict-aliasing -MMD -MP
 ifeq ($(NATIVE),1)
 override CFLAGS += -march=native
@@ -44,16 +47,20 @@ override CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=undefined 
 override LDFLAGS += -fsanitize=address,undefined
 endif
 LDLIBS := $(PC_LIBS) -lm -lpthread
+# each program links only the libraries it uses from the shared list
+override LDFLAGS += -Wl,--as-needed
 
-MAIN_SRCS := daemon/main.c ctl/edgectl.c
-LIB_SRCS := $(filter-out $(MAIN_SRCS),$(wildcard common/*.c kernels/*.c daemon/*.c ctl/*.c)) \
+MAIN_SRCS := daemon/main.c ctl/edgectl.c aggregator/main.c
+LIB_SRCS := $(filter-out $(MAIN_SRCS),$(wildcard common/*.c kernels/*.c daemon/*.c ctl/*.c \
+	aggregator/*.c)) \
 	$(filter-out %.bpf.c,$(wildcard bpf/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_SRCS := $(wildcard tests/test-*.c)
 TESTS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCHES := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
-PROGRAMS := $(BUILD)/edged $(if $(wildcard ctl/edgectl.c),$(BUILD)/edgectl)
+PROGRAMS := $(BUILD)/edged $(if $(wildcard ctl/edgectl.c),$(BUILD)/edgectl) \
+	$(if $(wildcard aggregator/main.c),$(BUILD)/edge-aggregator)
 
 # eBPF programs: compiled with clang for the BPF target against the running kernel's BTF
 # (bpftool dumps it as vmlinux.h; without BTF the small vendored bpf/vmlinux-min.h serves,
@@ -106,6 +113,9 @@ $(BUILD)/edged: $(BUILD)/obj/daemon/main.o $(BUILD)/libedge.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/edgectl: $(BUILD)/obj/ctl/edgectl.o $(BUILD)/libedge.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/edge-aggregator: $(BUILD)/obj/aggregator/main.o $(BUILD)/libedge.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libedge.a
@@ -163,25 +173,26 @@ run-demo: $(PROGRAMS)
 
 BENCH_ARGS ?=
 # bench/train: training throughput and MFU; bench/monitor: the eBPF monitor's cost per
-# context switch (needs root; says so and stops otherwise). BENCH=train or BENCH=monitor
-# runs one.
-BENCH ?= train monitor
+# context switch (needs root; says so and stops otherwise); bench/loader: data loader
+# throughput and the share of step time spent waiting for data; bench/daemon: pause latency
+# and what a paused daemon costs. BENCH=<name> runs one.
+BENCH ?= train monitor loader daemon
 run-bench: $(BENCHES)
 	@for b in $(BENCH); do echo "=== bench/$$b"; $(BUILD)/bench/$$b $(BENCH_ARGS) || exit 1; done
 
 format:
 	@command -v clang-format >/dev/null || $(SUDO) apt-get install -y clang-format
 	clang-format -i $(filter-out bpf/vmlinux-min.h,$(wildcard common/*.[ch] kernels/*.[ch] daemon/*.[ch] ctl/*.[ch] \
-		bpf/*.[ch] tests/*.[ch] bench/*.[ch]))
+		aggregator/*.[ch] bpf/*.[ch] tests/*.[ch] bench/*.[ch]))
 
 analyze: ensure-deps $(BPF_SKELS)
 	@command -v cppcheck >/dev/null && command -v clang-tidy >/dev/null || \
 		$(SUDO) apt-get install -y --no-install-recommends cppcheck clang-tidy
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
-		--inline-suppr --suppress=missingIncludeSystem -Icommon -Ikernels -Idaemon -Ibpf \
+		--inline-suppr --suppress=missingIncludeSystem -Icommon -Ikernels -Idaemon -Ictl -Iaggregator -Ibpf \
 		--suppress=unknownMacro:bench/monitor.c $(LIB_SRCS) $(wildcard $(MAIN_SRCS)) $(TEST_SRCS) $(BENCH_SRCS)
 	clang-tidy --quiet $(LIB_SRCS) $(wildcard $(MAIN_SRCS)) $(BENCH_SRCS) -- -std=gnu11 -D_GNU_SOURCE -Icommon -Ikernels \
-		-Idaemon -Ictl -Ibpf -I$(BUILD)/bpf $(PC_CFLAGS)
+		-Idaemon -Ictl -Iaggregator -Ibpf -I$(BUILD)/bpf $(PC_CFLAGS)
 
 clean:
 	rm -rf build
