@@ -198,3 +198,6 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# install, deb, check-deb: packaging/packaging.mk
+-include packaging/packaging.mk

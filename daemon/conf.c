@@ -19,7 +19,7 @@
 #define CONF_FILE_MAX (1024 * 1024)
 #define MINUTES_PER_DAY 1440
 
-typedef enum { T_INT, T_BOOL, T_PROFILE, T_MODEL, T_HOURS, T_PATH } value_type;
+typedef enum { T_INT, T_BOOL, T_PROFILE, T_MODEL, T_HOURS, T_PATH, T_URL, T_SECRET } value_type;
 
 static const struct {
         const char *name;
@@ -42,6 +42,9 @@ static const struct {
         [CONF_KEY_STATE_DIRECTORY] = { "StateDirectory", T_PATH, 0, 0 },
         [CONF_KEY_CHECKPOINT_INTERVAL_SEC] = { "CheckpointIntervalSec", T_INT, 10, 86400 },
         [CONF_KEY_MODEL] = { "Model", T_MODEL, 0, 0 },
+        [CONF_KEY_SERVER] = { "Server", T_URL, 0, 0 },
+        [CONF_KEY_ENROLL_TOKEN] = { "EnrollToken", T_SECRET, 0, 0 },
+        [CONF_KEY_CA_FILE] = { "CAFile", T_PATH, 0, 0 },
 };
 
 static const char *const profile_names[_PROFILE_MAX] = {
@@ -71,6 +74,17 @@ conf_key conf_key_from_string(const char *s) {
 
 bool conf_key_is_policy(conf_key k) {
         return k >= 0 && k < _CONF_POLICY_KEY_MAX;
+}
+
+const char *conf_key_section(conf_key k) {
+        if (k < 0 || k >= _CONF_KEY_MAX)
+                return NULL;
+        return k < _CONF_POLICY_KEY_MAX ? "Policy" : k < CONF_KEY_SERVER ? "Daemon" : "Federation";
+}
+
+static bool known_section(const char *name) {
+        return strcmp(name, "Policy") == 0 || strcmp(name, "Daemon") == 0 ||
+               strcmp(name, "Federation") == 0;
 }
 
 const char *conf_profile_to_string(policy_profile p) {
@@ -397,6 +411,30 @@ static int parse_value(conf_key k, const char *s, conf_value *ret, char *reason,
                         return -EINVAL;
                 }
                 return 0;
+        case T_URL:
+                if (!*s) { /* empty: standalone */
+                        ret->s = strdup("");
+                        return ret->s ? 0 : -ENOMEM;
+                }
+                if ((strncmp(s, "http://", 7) != 0 && strncmp(s, "https://", 8) != 0) ||
+                    strpbrk(s, " \t\"'<>\\") || strlen(s) > 512 || strchr(s, '@') ||
+                    s[strlen(s) - 1] == '/' || !s[strcspn(s, ":") + 3]) {
+                        snprintf(reason, reason_size,
+                                 "%s: '%s' is not an http:// or https:// URL without user info, "
+                                 "spaces or a trailing '/'",
+                                 name, s);
+                        return -EINVAL;
+                }
+                ret->s = strdup(s);
+                return ret->s ? 0 : -ENOMEM;
+        case T_SECRET:
+                if (strlen(s) > 256 || strpbrk(s, " \t")) {
+                        /* never echo a secret back */
+                        snprintf(reason, reason_size, "%s: not a token (at most 256 characters, no spaces)", name);
+                        return -EINVAL;
+                }
+                ret->s = strdup(s);
+                return ret->s ? 0 : -ENOMEM;
         case T_PATH:
                 if (s[0] != '/' || strstr(s, "/../") ||
                     (strlen(s) >= 3 && strcmp(s + strlen(s) - 3, "/..") == 0)) {
@@ -530,6 +568,9 @@ void conf_done(conf *c) {
                 return;
         free(c->data_directory);
         free(c->state_directory);
+        free(c->server);
+        free(c->enroll_token);
+        free(c->ca_file);
         free(c->overrides_path);
         for (size_t i = 0; i < c->n_files; i++)
                 free(c->files[i]);
@@ -845,7 +886,7 @@ static int apply_line(loader *l, const layer *ly, const conf_line *ln) {
                 diag(l, ly->path, ln->line, "expected 'Key=Value' or '[Section]'");
                 return 0;
         case CONF_LINE_SECTION:
-                if (!section_is(ln, "Policy") && !section_is(ln, "Daemon"))
+                if (!known_section(ln->section))
                         log_warning("%s:%u: unknown section '[%s]', ignored", ly->path, ln->line,
                                     ln->section);
                 return 0;
@@ -857,7 +898,7 @@ static int apply_line(loader *l, const layer *ly, const conf_line *ln) {
                             ln->key);
                 return 0;
         }
-        if (!section_is(ln, "Policy") && !section_is(ln, "Daemon"))
+        if (!known_section(ln->section))
                 return 0; /* warned about at the section header */
         if (section_is(ln, "Policy") && strcmp(ln->key, "Locked") == 0)
                 return apply_locked(l, ly, ln);
@@ -865,7 +906,7 @@ static int apply_line(loader *l, const layer *ly, const conf_line *ln) {
                 return 0; /* done in prescan() */
 
         k = conf_key_from_string(ln->key);
-        if (k < 0 || conf_key_is_policy(k) != section_is(ln, "Policy")) {
+        if (k < 0 || !section_is(ln, conf_key_section(k))) {
                 log_warning("%s:%u: unknown key '%s' in [%s], ignored", ly->path, ln->line, ln->key,
                             ln->section);
                 return 0;
@@ -968,6 +1009,19 @@ static int resolve(loader *l, bool with_fleet) {
                 case CONF_KEY_MODEL:
                         c->model = (conf_model) s->v.i;
                         break;
+                case CONF_KEY_SERVER:
+                case CONF_KEY_ENROLL_TOKEN:
+                case CONF_KEY_CA_FILE: {
+                        char **dst = k == CONF_KEY_SERVER         ? &c->server
+                                     : k == CONF_KEY_ENROLL_TOKEN ? &c->enroll_token
+                                                                  : &c->ca_file;
+                        char *n = *s->v.s ? strdup(s->v.s) : NULL;
+                        if (*s->v.s && !n)
+                                return log_error_errno(ENOMEM, "Out of memory");
+                        free(*dst);
+                        *dst = n;
+                        break;
+                }
                 default:
                         set_knob(&c->knobs, (conf_key) k, &s->v);
                 }
@@ -1204,6 +1258,15 @@ static void format_value(const conf *c, conf_key k, char *buf, size_t size) {
                 break;
         case CONF_KEY_MODEL:
                 snprintf(buf, size, "%s", model_names[c->model]);
+                break;
+        case CONF_KEY_SERVER:
+                snprintf(buf, size, "%s", c->server ? c->server : "(none: standalone)");
+                break;
+        case CONF_KEY_ENROLL_TOKEN:
+                snprintf(buf, size, "%s", c->enroll_token ? "(set)" : "(none)");
+                break;
+        case CONF_KEY_CA_FILE:
+                snprintf(buf, size, "%s", c->ca_file ? c->ca_file : "(system)");
                 break;
         default:
                 snprintf(buf, size, "?");

@@ -32,6 +32,9 @@
  *   Locked= adds to the set, an empty Locked= clears it).
  * [Daemon]: DataDirectory= and StateDirectory= (absolute paths, below the root),
  *   CheckpointIntervalSec= (10..86400), Model= (tiny|small|medium), Lenient= (boolean).
+ * [Federation]: Server= (http:// or https:// URL of the aggregator; empty = standalone),
+ *   EnrollToken= (the fleet's enrollment token; shown as "(set)", never printed),
+ *   CAFile= (absolute path of extra CA certificates for https).
  * Booleans: yes/no, true/false, 1/0, on/off.
  * ActiveHours: "always", or windows "[days] HH:MM-HH:MM" separated by commas or spaces.
  *   days: Mon..Sun (any case), single or ranges (wrapping: "Fri-Mon"), several allowed
@@ -71,6 +74,10 @@ typedef enum {
         CONF_KEY_STATE_DIRECTORY,
         CONF_KEY_CHECKPOINT_INTERVAL_SEC,
         CONF_KEY_MODEL,
+        /* [Federation] */
+        CONF_KEY_SERVER,
+        CONF_KEY_ENROLL_TOKEN,
+        CONF_KEY_CA_FILE,
         _CONF_KEY_MAX,
         _CONF_KEY_INVALID = -EINVAL,
 } conf_key;
@@ -99,6 +106,9 @@ typedef struct {
         char *state_directory; /* likewise */
         int checkpoint_interval_sec;
         conf_model model;
+        char *server;       /* [Federation] Server=: aggregator URL; NULL = standalone */
+        char *enroll_token; /* secret: never logged or shown */
+        char *ca_file;
         bool lenient;
         uint32_t locked;        /* bit (1u << conf_key) per knob named in Locked= */
         uint32_t fleet_refused; /* bit per fleet knob that was not applied */
@@ -125,7 +135,9 @@ typedef struct {
 /* ---- pure functions: no I/O, no logging ---- */
 
 /* Key name <-> enum. conf_key_from_string() is case-sensitive ("MaxCores") and returns
- * -EINVAL for anything else (Locked and Lenient are not knobs). */
+ * -EINVAL for anything else (Locked and Lenient are not knobs). conf_key_section() is
+ * "Policy", "Daemon" or "Federation". */
+const char *conf_key_section(conf_key k);
 const char *conf_key_to_string(conf_key k);
 conf_key conf_key_from_string(const char *s);
 bool conf_key_is_policy(conf_key k);

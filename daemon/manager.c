@@ -17,6 +17,7 @@
 #include "batch-source.h"
 #include "log.h"
 #include "macros.h"
+#include "privileges.h"
 #include "signal-pipe.h"
 
 #define SAMPLE_USEC (1000 * 1000)
@@ -325,6 +326,10 @@ static int setup(manager *m) {
         r = sensors_new(&(sensors_opts) { .root = o->root, .keep_tid = gettid() }, &m->sensors);
         if (r < 0)
                 return log_error_errno(r, "cannot read the machine's sensors: %m");
+        /* the monitor is loaded (or not): no capability is needed from here on */
+        r = privileges_drop_all();
+        if (r < 0)
+                return log_error_errno(r, "cannot drop capabilities: %m");
         r = power_events_new(m->event, on_power_event, m, &m->power);
         if (r < 0)
                 log_info("no power supply events (%s); the %g s sample will notice changes",

@@ -797,9 +797,67 @@ static void test_show(void **state) {
                    "DataDirectory = /var/lib/edged/data (built-in)\n"
                    "StateDirectory = /var/lib/edged (built-in)\n"
                    "CheckpointIntervalSec = 300 (built-in)\n"
-                   "Model = small (built-in)\n",
+                   "Model = small (built-in)\n"
+                   "Server = (none: standalone) (built-in)\n"
+                   "EnrollToken = (none) (built-in)\n"
+                   "CAFile = (system) (built-in)\n",
                    d, o);
         assert_string_equal(text, want);
+        conf_done(&c);
+}
+
+/* [Federation]: the URL is checked, the token is kept but never shown or echoed in errors,
+ * and the keys belong to their own section only. */
+static void test_federation(void **state) {
+        _cleanup_free_ char *root = make_root("federation"), *log = NULL, *text = NULL;
+        conf c;
+
+        write_file(root, "/etc/edged/edged.conf",
+                   "[Federation]\nServer=https://agg.example.org:8443\nEnrollToken=s3cr3t-t0ken\n"
+                   "CAFile=/etc/ssl/fleet.pem\n");
+        assert_int_equal(load(root, NULL, 0, &c, &log), 0);
+        assert_string_equal(log, "");
+        assert_string_equal(c.server, "https://agg.example.org:8443");
+        assert_string_equal(c.enroll_token, "s3cr3t-t0ken");
+        assert_string_equal(c.ca_file, "/etc/ssl/fleet.pem");
+        assert_int_equal(conf_format_show(&c, &text), 0);
+        assert_null(strstr(text, "s3cr3t"));
+        assert_non_null(strstr(text, "EnrollToken = (set)"));
+        conf_done(&c);
+        free(log);
+        log = NULL;
+
+        static const struct {
+                const char *text, *msg;
+        } bad[] = {
+                { "[Federation]\nServer=ftp://x\n", "edged.conf:2: Server: 'ftp://x' is not an http:// or https:// URL" },
+                { "[Federation]\nServer=http://user:pw@x\n", "edged.conf:2: Server:" },
+                { "[Federation]\nServer=http://x/\n", "trailing '/'" },
+                { "[Federation]\nEnrollToken=has space secret\n", "edged.conf:2: EnrollToken: not a token" },
+                { "[Federation]\nCAFile=relative.pem\n", "edged.conf:2: CAFile:" },
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                write_file(root, "/etc/edged/edged.conf", bad[i].text);
+                assert_int_equal(load(root, NULL, 0, &c, &log), -EINVAL);
+                if (!strstr(log, bad[i].msg))
+                        fail_msg("%s: expected '%s' in: %s", bad[i].text, bad[i].msg, log);
+                assert_null(strstr(log, "secret"));
+                conf_done(&c);
+                free(log);
+                log = NULL;
+        }
+        /* a [Federation] key in [Daemon] is unknown there */
+        write_file(root, "/etc/edged/edged.conf", "[Daemon]\nServer=http://x\n");
+        assert_int_equal(load(root, NULL, 0, &c, &log), 0);
+        assert_non_null(strstr(log, "unknown key 'Server' in [Daemon]"));
+        assert_null(c.server);
+        conf_done(&c);
+        /* empty Server= is standalone */
+        free(log);
+        log = NULL;
+        write_file(root, "/etc/edged/edged.conf", "[Federation]\nServer=\n");
+        assert_int_equal(load(root, NULL, 0, &c, &log), 0);
+        assert_null(c.server);
         conf_done(&c);
 }
 
@@ -892,6 +950,7 @@ int main(void) {
                 cmocka_unit_test(test_profiles),
                 cmocka_unit_test(test_locked),
                 cmocka_unit_test(test_show),
+                cmocka_unit_test(test_federation),
                 cmocka_unit_test(test_override_roundtrip),
         };
 

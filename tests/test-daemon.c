@@ -100,6 +100,20 @@ static void test_scenario(void **state) {
         printf("started, running after %.1f s\n", t);
         assert_true(t >= 0);
 
+        /* least privilege: whatever it started with, no capability is left once running */
+        char status_path[64], line[256];
+        unsigned long long cap_eff = ~0ULL, cap_prm = ~0ULL;
+        snprintf(status_path, sizeof(status_path), "/proc/%d/status", (int) daemon_pid);
+        FILE *f = fopen(status_path, "re");
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f)) {
+                sscanf(line, "CapEff: %llx", &cap_eff);
+                sscanf(line, "CapPrm: %llx", &cap_prm);
+        }
+        fclose(f);
+        printf("daemon capabilities: effective %llx, permitted %llx\n", cap_eff, cap_prm);
+        assert_true(cap_eff == 0 && cap_prm == 0);
+
         harness_write(root, ac, "0\n");
         t = wait_for("paused", "on-battery", TRANSITION_TIMEOUT_S);
         printf("AC unplugged: paused (on-battery) after %.2f s\n", t);

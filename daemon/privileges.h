@@ -1,0 +1,13 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Least privilege: the unit grants CAP_BPF and CAP_PERFMON only so the scheduler monitor can
+ * load; once it is loaded (or has failed to), every capability goes: effective, permitted,
+ * inheritable, ambient and the bounding set, so nothing the daemon runs later (or an
+ * attacker who gets in) can get them back. */
+
+/* 0, or -errno if the kernel refused (then the daemon refuses to go on). */
+int privileges_drop_all(void);
+
+/* CapEff of this process from /proc/self/status, for tests and logs. */
+int privileges_effective(unsigned long long *ret);
