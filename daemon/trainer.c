@@ -40,6 +40,19 @@ struct trainer {
         /* trainer thread only */
         int running_cores;
         double last_save;
+
+        /* federation: requests served between steps like save requests (under lock) */
+        float *base;             /* parameters of the base model; NULL until set */
+        atomic_bool fed_request; /* a set-base or delta request is waiting */
+        const float *req_params;
+        uint64_t req_version;
+        bool req_replace;
+        float *req_delta;
+        int req_result;
+        uint64_t req_done; /* counts served requests */
+        trainer_round round;
+        double round_loss_sum;
+        _Atomic float task_lr;
         atomic_int cores; /* read between layers without the lock */
         atomic_bool stop;
         bool parked;
@@ -180,7 +193,9 @@ static int one_step(trainer *t) {
         double t0 = mono_now_s();
         float loss;
         int r = trainer_step(t->m, &t->opt, &c->src, c->B, c->T, c->accum,
-                             lr_at(&c->sched, t->cs.step), t->tok, t->tgt, &t->cs, &loss,
+                             atomic_load(&t->task_lr) > 0 ? atomic_load(&t->task_lr)
+                                                          : lr_at(&c->sched, t->cs.step),
+                             t->tok, t->tgt, &t->cs, &loss,
                              &wait_ns, &t->params_lock);
 
         pthread_mutex_lock(&t->lock);
@@ -192,6 +207,10 @@ static int one_step(trainer *t) {
                 t->stats.tokens += (uint64_t) c->B * (uint64_t) c->T * (uint64_t) c->accum;
                 t->stats.loss = loss;
                 t->stats.data_error = 0;
+                t->round.steps++;
+                t->round.tokens += (uint64_t) c->B * (uint64_t) c->T * (uint64_t) c->accum;
+                t->round_loss_sum += loss;
+                t->round.mean_loss = (float) (t->round_loss_sum / (double) t->round.steps);
                 pthread_cond_broadcast(&t->changed);
         }
         pthread_mutex_unlock(&t->lock);
@@ -237,6 +256,40 @@ static bool take_save_request(trainer *t) {
         return atomic_exchange(&t->save_requested, false);
 }
 
+/* Runs the waiting set-base or delta request; called with the lock held, between steps or
+ * inside one (the parameters are those of the last whole step either way). */
+static void serve_fed_request(trainer *t) {
+        const size_t n = t->m->layout.n_params;
+        int r = 0;
+
+        if (t->req_delta) {
+                if (!t->base)
+                        r = -ENOENT;
+                else
+                        for (size_t i = 0; i < n; i++)
+                                t->req_delta[i] = t->m->params[i] - t->base[i];
+        } else {
+                if (!t->base && !(t->base = malloc(n * sizeof(float))))
+                        r = -ENOMEM;
+                if (r >= 0) {
+                        memcpy(t->base, t->req_params, n * sizeof(float));
+                        if (t->req_replace) {
+                                pthread_mutex_lock(&t->params_lock);
+                                memcpy(t->m->params, t->req_params, n * sizeof(float));
+                                pthread_mutex_unlock(&t->params_lock);
+                        }
+                        t->cs.model_version = t->req_version;
+                        t->round = (trainer_round) { .base_version = t->req_version,
+                                                     .have_base = true,
+                                                     .mean_loss = NAN };
+                        t->round_loss_sum = 0;
+                }
+        }
+        t->req_result = r;
+        t->req_done++;
+        pthread_cond_broadcast(&t->changed);
+}
+
 /* Waits while the grant is zero, answering save requests meanwhile. Called between steps
  * and from the model's hook inside a step: parking mid-step keeps the half-done step (its
  * activations and gradients) instead of throwing it away, and a checkpoint taken then holds
@@ -247,6 +300,10 @@ static bool park_while_paused(trainer *t) {
         for (;;) {
                 if (atomic_load(&t->stop))
                         break;
+                if (atomic_exchange(&t->fed_request, false)) {
+                        serve_fed_request(t); /* under the lock: short, and callers wait */
+                        continue;
+                }
                 bool save_now = take_save_request(t);
                 if (save_now || (atomic_load(&t->cores) == 0 && !t->parked)) {
                         if (!save_now) {
@@ -286,7 +343,8 @@ static bool should_yield(void *userdata) {
 
         if (atomic_load(&t->stop))
                 return true;
-        if (atomic_load(&t->cores) > 0 && !atomic_load(&t->save_requested))
+        if (atomic_load(&t->cores) > 0 && !atomic_load(&t->save_requested) &&
+            !atomic_load(&t->fed_request))
                 return false;
         return !park_while_paused(t);
 }
@@ -354,6 +412,9 @@ int trainer_start(const trainer_config *c, trainer **ret) {
         t->stats.step = t->cs.step;
         t->saved_step = t->cs.step;
         t->val_due = t->cs.step;
+        t->round = (trainer_round) { .base_version = t->cs.model_version, .mean_loss = NAN };
+        atomic_init(&t->task_lr, 0.0f);
+        atomic_init(&t->fed_request, false);
         t->m->yield = should_yield;
         t->m->yield_userdata = t;
         r = -pthread_create(&t->thread, NULL, thread_main, t);
@@ -387,6 +448,7 @@ int trainer_stop(trainer *t) {
         pthread_cond_destroy(&t->wake);
         pthread_cond_destroy(&t->changed);
         pthread_mutex_destroy(&t->params_lock);
+        free(t->base);
         free(t);
         return 0;
 }
@@ -485,4 +547,58 @@ long trainer_checkpoint_step(trainer *t) {
         long s = t->saved_step;
         pthread_mutex_unlock(&t->lock);
         return s;
+}
+
+static bool request_served(trainer *t, long before) {
+        return t->req_done > (uint64_t) before;
+}
+
+/* One federation request at a time; the caller is the federation thread. */
+static int fed_request(trainer *t, const float *params, uint64_t version, bool replace,
+                       float *delta, double timeout_s) {
+        pthread_mutex_lock(&t->lock);
+        long before = (long) t->req_done;
+        t->req_params = params;
+        t->req_version = version;
+        t->req_replace = replace;
+        t->req_delta = delta;
+        atomic_store(&t->fed_request, true);
+        pthread_cond_broadcast(&t->wake);
+        pthread_mutex_unlock(&t->lock);
+        int r = wait_until(t, timeout_s, request_served, before);
+        pthread_mutex_lock(&t->lock);
+        if (r >= 0)
+                r = t->req_result;
+        else
+                atomic_store(&t->fed_request, false); /* not served: withdraw it */
+        t->req_params = NULL;
+        t->req_delta = NULL;
+        pthread_mutex_unlock(&t->lock);
+        return r;
+}
+
+int trainer_set_base(trainer *t, const float *params, uint64_t version, bool replace_params,
+                     double timeout_s) {
+        return fed_request(t, params, version, replace_params, NULL, timeout_s);
+}
+
+int trainer_take_delta(trainer *t, float *delta, trainer_round *ret, double timeout_s) {
+        int r = fed_request(t, NULL, 0, false, delta, timeout_s);
+        if (r >= 0 && ret)
+                trainer_get_round(t, ret);
+        return r;
+}
+
+void trainer_get_round(trainer *t, trainer_round *ret) {
+        pthread_mutex_lock(&t->lock);
+        *ret = t->round;
+        pthread_mutex_unlock(&t->lock);
+}
+
+void trainer_set_lr(trainer *t, float lr) {
+        atomic_store(&t->task_lr, lr > 0 ? lr : 0);
+}
+
+size_t trainer_n_params(const trainer *t) {
+        return t->m->layout.n_params;
 }

@@ -63,6 +63,32 @@ int trainer_save_now(trainer *t, double timeout_s);
  * have the trainer's config. For sampling from the model as it is now. */
 int trainer_copy_params(trainer *t, model *m);
 const model_config *trainer_model_config(const trainer *t);
+
+/* ---- federation (daemon/federation.c) ---- */
+
+/* Local progress since the base model: what an update is made of. */
+typedef struct {
+        uint64_t base_version; /* the checkpoint's model_version after a restart */
+        bool have_base;        /* base parameters are known (a delta can be computed) */
+        long steps;            /* optimizer steps since the base */
+        uint64_t tokens;
+        float mean_loss;       /* over those steps; NAN before the first */
+} trainer_round;
+
+/* Makes params (n_params floats, the model of that version) the base of the next update,
+ * between two steps: with replace_params the local parameters become it too and the round
+ * starts over (a new task); without, only the base is set (after a restart, when the
+ * checkpoint already holds local progress from that base). Waits up to timeout_s. */
+int trainer_set_base(trainer *t, const float *params, uint64_t version, bool replace_params,
+                     double timeout_s);
+void trainer_get_round(trainer *t, trainer_round *ret);
+/* Writes params - base into delta (n_params floats), between two steps; the round goes on
+ * (a later delta from the same base supersedes this one). -ENOENT without a base. */
+int trainer_take_delta(trainer *t, float *delta, trainer_round *ret, double timeout_s);
+/* A constant learning rate from the federation task instead of the local schedule (0:
+ * back to the schedule). */
+void trainer_set_lr(trainer *t, float lr);
+size_t trainer_n_params(const trainer *t);
 long trainer_checkpoint_step(trainer *t); /* step of the last checkpoint written */
 
 /* Every thread of the process but the caller of trainer_start: the trainer, the kernel
