@@ -93,7 +93,8 @@ $(BUILD)/bpf/%.skel.h: $(BUILD)/bpf/%.bpf.o
 $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out %.bpf.c,$(wildcard bpf/*.c))): $(BPF_SKELS)
 
 .SECONDARY:
-.PHONY: all check demo bench deps ensure-deps format analyze clean run-tests run-demo run-bench
+.PHONY: all check demo bench bench-harvest deps ensure-deps format analyze clean run-tests run-demo \
+	run-bench
 
 all: $(PROGRAMS)
 
@@ -177,8 +178,16 @@ BENCH_ARGS ?=
 # throughput and the share of step time spent waiting for data; bench/daemon: pause latency
 # and what a paused daemon costs. BENCH=<name> runs one.
 BENCH ?= train monitor loader daemon
-run-bench: $(BENCHES)
+BENCHES_RUN := $(filter-out $(BUILD)/bench/harvest,$(BENCHES))
+run-bench: $(BENCHES_RUN)
 	@for b in $(BENCH); do echo "=== bench/$$b"; $(BUILD)/bench/$$b $(BENCH_ARGS) || exit 1; done
+
+# Is edged invisible? Foreground workloads alone, beside edged, beside a nice-19 trainer and
+# beside edged without its interference brake (root; about 10 minutes). See bench/harvest.c.
+HARVEST_ARGS ?=
+bench-harvest: ensure-deps
+	@$(MAKE) --no-print-directory $(BUILD)/bench/harvest $(PROGRAMS)
+	$(BUILD)/bench/harvest $(HARVEST_ARGS)
 
 format:
 	@command -v clang-format >/dev/null || $(SUDO) apt-get install -y clang-format

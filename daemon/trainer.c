@@ -28,37 +28,37 @@ struct trainer {
         adamw_state opt;
         ckpt_state cs;
         uint8_t *tok, *tgt;
-        pid_t keep_tid; /* the event loop's thread: stays at normal priority */
 
         pthread_t thread;
         pthread_mutex_t lock;
         pthread_cond_t wake, changed;
         pthread_mutex_t params_lock; /* held while the optimizer writes the parameters */
-        atomic_bool save_requested; /* read by the hook without the lock */
         long saved_step;
         long val_due; /* step at which the next validation loss is measured */
-        /* trainer thread only */
-        int running_cores;
-        double last_save;
-
-        /* federation: requests served between steps like save requests (under lock) */
-        float *base;             /* parameters of the base model; NULL until set */
-        atomic_bool fed_request; /* a set-base or delta request is waiting */
-        const float *req_params;
-        uint64_t req_version;
-        bool req_replace;
-        float *req_delta;
-        int req_result;
-        uint64_t req_done; /* counts served requests */
-        trainer_round round;
-        double round_loss_sum;
-        _Atomic float task_lr;
-        atomic_int cores; /* read between layers without the lock */
-        atomic_bool stop;
-        bool parked;
         double park_requested_at;
         double park_latency;
         trainer_stats stats;
+        double last_save; /* trainer thread only */
+
+        /* federation: requests served between steps like save requests (under lock) */
+        float *base; /* parameters of the base model; NULL until set */
+        const float *req_params;
+        float *req_delta;
+        uint64_t req_version;
+        uint64_t req_done; /* counts served requests */
+        trainer_round round;
+        double round_loss_sum;
+        int req_result;
+        bool req_replace;
+
+        pid_t keep_tid;    /* the event loop's thread: stays at normal priority */
+        int running_cores; /* trainer thread only */
+        bool parked;
+        atomic_int cores;           /* read between layers without the lock */
+        atomic_bool stop;
+        atomic_bool save_requested; /* read by the hook without the lock */
+        atomic_bool fed_request;    /* a set-base or delta request is waiting */
+        _Atomic float task_lr;
 };
 
 
