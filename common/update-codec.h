@@ -58,9 +58,13 @@ typedef struct {
 } upd_info;
 
 /* Encodes delta (layout->n_params floats in layout order) into a malloc'd zstd-compressed
- * body. For UPD_TOPK, residual (n_params floats, may be NULL = no error feedback) is added
- * to delta before selection and receives what was not sent (for int8, the rounding error
- * when residual is not NULL). delta is not modified. */
+ * body. residual (n_params floats, may be NULL = no error feedback) is added to delta before
+ * encoding (top-k selection, int8 quantization) and then receives what the body does not
+ * carry: for top-k the entries not sent, for int8 the rounding error, for fp32 zeros. delta
+ * is not modified. topk_fraction is used only for UPD_TOPK and must be in (0, 1]; k is
+ * computed in double from it. Returns -EINVAL (unknown encoding, bad fraction, a layout the
+ * format cannot express), -EDOM (a NaN or infinity in delta + residual) or -ENOMEM; residual is
+ * updated only on success. */
 int upd_encode(upd_encoding enc, uint64_t base_version, const model_layout *layout,
                const float *delta, float topk_fraction, float *residual, void **ret_body,
                size_t *ret_size, upd_info *ret_info);
@@ -70,11 +74,16 @@ int upd_encode(upd_encoding enc, uint64_t base_version, const model_layout *layo
  * reject before allocating more). On failure returns -EBADMSG (malformed: bad magic, format,
  * truncation, trailing bytes, zstd error, sizes), -EPROTO (well-formed but wrong for this
  * model: names, shapes, count), -EDOM (a NaN or infinite value or scale), -EFBIG (over
- * max_raw), and writes a one-line reason into err (e.g. "tensor 3 'h.0.attn.qkv.weight':
- * shape 1x384, expected 128x384"). delta's contents are then unspecified. */
+ * max_raw), and writes a one-line reason into err (e.g. "tensor 4 'h.0.attn.qkv.weight':
+ * shape 1x384, expected 384x128"). delta's contents are then unspecified. A zstd frame
+ * must hold its content size (ZSTD_compress writes it) and be the whole body; one without
+ * is -EBADMSG, as is one larger than any valid update for this layout. -EINVAL for NULL
+ * arguments, -ENOMEM. */
 int upd_decode(const void *body, size_t size, const model_layout *layout, size_t max_raw,
                float *delta, upd_info *ret_info, char *err, size_t err_size);
 
-/* Reads just the header fields (encoding, base version) after decompressing at most the
- * first bytes; for logging and routing before the full decode. */
+/* Reads just the header fields (encoding, base version; raw_size is the frame's content
+ * size, the rest 0) after stream-decompressing only the first bytes (the first zstd block
+ * must be complete); for logging and routing before the full decode. Validates magic, format
+ * and encoding only: -EBADMSG otherwise. */
 int upd_peek(const void *body, size_t size, upd_info *ret_info);
