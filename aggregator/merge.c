@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+#include "merge.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+double agg_staleness_factor(uint64_t staleness) {
+        return 1.0 / sqrt(1.0 + (double) staleness);
+}
+
+int agg_weights(const uint64_t *tokens, const uint64_t *staleness, size_t k, double *ret_w) {
+        double sum = 0;
+
+        for (size_t i = 0; i < k; i++) {
+                ret_w[i] = (double) tokens[i] * agg_staleness_factor(staleness[i]);
+                sum += ret_w[i];
+        }
+        if (!(sum > 0))
+                return -EINVAL;
+        for (size_t i = 0; i < k; i++)
+                ret_w[i] /= sum;
+        return 0;
+}
+
+typedef struct {
+        float v;
+        double w;
+} wval;
+
+static int cmp_wval(const void *a, const void *b) {
+        float x = ((const wval *) a)->v, y = ((const wval *) b)->v;
+        return (x > y) - (x < y);
+}
+
+int agg_aggregate(const float *const *deltas, const double *w, size_t k, size_t n, double trim,
+                  float *out) {
+        size_t cut = trim > 0 ? (size_t) floor(trim * (double) k) : 0;
+
+        if (k == 0 || 2 * cut >= k)
+                return -EINVAL;
+        if (cut == 0) {
+                for (size_t j = 0; j < n; j++) {
+                        double acc = 0;
+                        for (size_t i = 0; i < k; i++)
+                                acc += w[i] * (double) deltas[i][j];
+                        out[j] = (float) acc;
+                }
+                return 0;
+        }
+        wval *buf = malloc(k * sizeof(*buf));
+        if (!buf)
+                return -ENOMEM;
+        for (size_t j = 0; j < n; j++) {
+                double acc = 0, ws = 0;
+                for (size_t i = 0; i < k; i++)
+                        buf[i] = (wval){ deltas[i][j], w[i] };
+                qsort(buf, k, sizeof(*buf), cmp_wval);
+                for (size_t i = cut; i < k - cut; i++) {
+                        acc += buf[i].w * (double) buf[i].v;
+                        ws += buf[i].w;
+                }
+                out[j] = ws > 0 ? (float) (acc / ws) : 0.0f;
+        }
+        free(buf);
+        return 0;
+}
+
+void agg_fedavg(float *x, const float *delta, size_t n, float lr) {
+        for (size_t j = 0; j < n; j++)
+                x[j] += lr * delta[j];
+}
+
+void agg_fedadam(float *x, float *m, float *v, const float *delta, size_t n, float lr) {
+        for (size_t j = 0; j < n; j++) {
+                float d = delta[j];
+                m[j] = AGG_ADAM_B1 * m[j] + (1.0f - AGG_ADAM_B1) * d;
+                v[j] = AGG_ADAM_B2 * v[j] + (1.0f - AGG_ADAM_B2) * d * d;
+                x[j] += lr * m[j] / (sqrtf(v[j]) + AGG_ADAM_EPS);
+        }
+}
+
+double agg_l2_norm(const float *x, size_t n) {
+        double s = 0;
+        for (size_t j = 0; j < n; j++)
+                s += (double) x[j] * (double) x[j];
+        return sqrt(s);
+}

@@ -1,0 +1,296 @@
+/* SPDX-License-Identifier: MIT */
+#include "merger.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "blobs.h"
+#include "eval.h"
+#include "log.h"
+#include "macros.h"
+#include "merge.h"
+#include "time-util.h"
+#include "update-codec.h"
+
+#define FLUSH_INTERVAL_S 10
+
+struct agg_merger {
+        agg_store *store;
+        agg_metrics *metrics;
+        pthread_t thread;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        bool kicked, stop;
+};
+
+static void model_freep(model **m) {
+        model_free(*m);
+}
+
+typedef struct {
+        size_t k;
+        float **deltas;
+} delta_set;
+
+static void delta_set_done(delta_set *d) {
+        for (size_t i = 0; i < d->k; i++)
+                free(d->deltas[i]);
+        free(d->deltas);
+}
+
+static int evaluate(agg_store *s, const agg_settings *set, model *m, uint64_t version) {
+        double loss;
+        int r;
+
+        if (!set->validation_file[0])
+                return 0;
+        r = agg_eval_file(m, set->validation_file, &loss);
+        if (r < 0)
+                return r;
+        log_info("version %llu: validation loss %.4f", (unsigned long long) version, loss);
+        return agg_store_set_val_loss(s, version, loss);
+}
+
+int agg_merge_eval_current(agg_store *s) {
+        _cleanup_(model_freep) model *m = NULL;
+        _cleanup_free_ agg_settings *set = malloc(sizeof(*set));
+        agg_version cur;
+        int r;
+
+        if (!set)
+                return -ENOMEM;
+        if ((r = agg_store_load_settings(s, set)) < 0 || (r = agg_store_current_version(s, &cur)) < 0)
+                return r;
+        if (!set->validation_file[0] || !isnan(cur.val_loss))
+                return 0;
+        if ((r = model_new(&set->cfg, 1, set->cfg.block_size, &m)) < 0 ||
+            (r = agg_blob_load_model(agg_store_dir(s), cur.blob, m)) < 0)
+                return r;
+        return evaluate(s, set, m, cur.version);
+}
+
+int agg_merge_once(agg_store *s, agg_metrics *metrics, bool *ret_merged) {
+        _cleanup_(model_freep) model *m = NULL;
+        _cleanup_free_ agg_settings *set = malloc(sizeof(*set));
+        _cleanup_free_ model_layout *lay = malloc(sizeof(*lay));
+        _cleanup_free_ agg_update *u = NULL;
+        _cleanup_free_ float *agg = NULL, *moments = NULL;
+        _cleanup_free_ int64_t *ids = NULL, *stale_ids = NULL;
+        _cleanup_free_ uint64_t *tokens = NULL, *staleness = NULL;
+        _cleanup_free_ double *w = NULL;
+        delta_set ds = {};
+        agg_version cur, next = {};
+        size_t n = 0, k = 0, n_stale = 0, K;
+        double t0 = mono_now_s();
+        int r;
+
+        *ret_merged = false;
+        if (!set || !lay)
+                return -ENOMEM;
+        if ((r = agg_store_load_settings(s, set)) < 0 || (r = agg_store_current_version(s, &cur)) < 0)
+                return r;
+        K = (size_t) set->buffer_size;
+        if (agg_store_count_pending(s) < (int64_t) K)
+                return 0;
+        /* more than K so that dropping a too-stale one still leaves a full buffer */
+        if ((r = agg_store_pending(s, 4 * K, &u, &n)) < 0)
+                return r;
+        ids = calloc(n, sizeof(*ids));
+        stale_ids = calloc(n, sizeof(*stale_ids));
+        tokens = calloc(n, sizeof(*tokens));
+        staleness = calloc(n, sizeof(*staleness));
+        w = calloc(n, sizeof(*w));
+        if (!ids || !stale_ids || !tokens || !staleness || !w)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                uint64_t tau = cur.version >= u[i].base_version ? cur.version - u[i].base_version : 0;
+                if (tau > (uint64_t) set->max_staleness) {
+                        stale_ids[n_stale++] = u[i].id;
+                        continue;
+                }
+                if (k < K) {
+                        u[k] = u[i]; /* compact: k <= i */
+                        ids[k] = u[k].id;
+                        tokens[k] = u[k].tokens;
+                        staleness[k] = tau;
+                        k++;
+                }
+        }
+        if (n_stale > 0) {
+                if ((r = agg_store_drop_updates(s, stale_ids, n_stale)) < 0)
+                        return r;
+                log_info("dropped %zu update(s) more than %d versions behind", n_stale,
+                         set->max_staleness);
+        }
+        if (k < K)
+                return 0;
+
+        model_layout_init(lay, &set->cfg);
+        if ((r = model_new(&set->cfg, 1, set->cfg.block_size, &m)) < 0)
+                return log_error_errno(r, "cannot allocate the model");
+        if ((r = agg_blob_load_model(agg_store_dir(s), cur.blob, m)) < 0)
+                return r;
+        ds.deltas = calloc(k, sizeof(float *));
+        agg = malloc(lay->n_params * sizeof(float));
+        if (!ds.deltas || !agg)
+                return -ENOMEM;
+        for (size_t i = 0; i < k; i++) {
+                _cleanup_free_ void *body = NULL;
+                size_t size;
+                upd_info info;
+                char err[256];
+
+                ds.deltas[ds.k] = malloc(lay->n_params * sizeof(float));
+                if (!ds.deltas[ds.k]) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                ds.k++;
+                if ((r = agg_store_update_body(s, u[i].id, &body, &size)) < 0)
+                        goto out;
+                r = upd_decode(body, size, lay, agg_max_raw_bytes(lay), ds.deltas[i], &info, err,
+                               sizeof(err));
+                if (r < 0) { /* validated on arrival: this is a damaged database */
+                        log_error("update %lld no longer decodes: %s", (long long) u[i].id, err);
+                        goto out;
+                }
+                if (u[i].scale != 1.0)
+                        for (size_t j = 0; j < lay->n_params; j++)
+                                ds.deltas[i][j] *= (float) u[i].scale;
+        }
+        if ((r = agg_weights(tokens, staleness, k, w)) < 0 ||
+            (r = agg_aggregate((const float *const *) ds.deltas, w, k, lay->n_params,
+                               set->trim_fraction, agg)) < 0)
+                goto out;
+        if (set->optimizer == AGG_OPT_FEDADAM) {
+                moments = calloc(2 * lay->n_params, sizeof(float));
+                if (!moments) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                if (cur.moments[0] &&
+                    (r = agg_blob_load_floats(agg_store_dir(s), cur.moments, moments,
+                                              2 * lay->n_params)) < 0)
+                        goto out;
+                agg_fedadam(m->params, moments, moments + lay->n_params, agg, lay->n_params,
+                            agg_settings_server_lr(set));
+                if ((r = agg_blob_save_floats(agg_store_dir(s), moments, 2 * lay->n_params,
+                                              next.moments)) < 0)
+                        goto out;
+        } else
+                agg_fedavg(m->params, agg, lay->n_params, agg_settings_server_lr(set));
+
+        next.version = cur.version + 1;
+        if ((r = agg_blob_save_model(agg_store_dir(s), m, next.version, next.blob)) < 0)
+                goto out;
+        next.merge_seconds = mono_now_s() - t0;
+        /* the commit point: before it the old version stands, after it the new one */
+        if ((r = agg_store_commit_version(s, &next, ids, k)) < 0) {
+                log_error_errno(r, "cannot commit version %llu", (unsigned long long) next.version);
+                goto out;
+        }
+        *ret_merged = true;
+        if (metrics) {
+                agg_metrics_add(metrics, "merge.count", 1);
+                agg_metrics_add(metrics, "merge.microseconds", (int64_t) (next.merge_seconds * 1e6));
+        }
+        log_info("published version %llu from %zu update(s) in %.3f s",
+                 (unsigned long long) next.version, k, next.merge_seconds);
+        if (evaluate(s, set, m, next.version) < 0)
+                log_warning("version %llu: no validation loss", (unsigned long long) next.version);
+        {
+                char(*keep)[65] = NULL;
+                size_t n_keep = 0;
+                if (agg_store_live_blobs(s, (size_t) set->max_staleness + 1, &keep, &n_keep) >= 0)
+                        agg_blob_prune(agg_store_dir(s), keep, n_keep);
+                free(keep);
+        }
+        r = 0;
+out:
+        delta_set_done(&ds);
+        return r;
+}
+
+static void *worker(void *userdata) {
+        agg_merger *w = userdata;
+        double last_flush = mono_now_s();
+
+        if (agg_merge_eval_current(w->store) < 0)
+                log_warning("cannot evaluate the current version");
+        pthread_mutex_lock(&w->lock);
+        w->kicked = true; /* updates may be waiting from before a restart */
+        while (!w->stop) {
+                if (!w->kicked) {
+                        struct timespec ts;
+                        clock_gettime(CLOCK_REALTIME, &ts);
+                        ts.tv_sec += FLUSH_INTERVAL_S;
+                        pthread_cond_timedwait(&w->cond, &w->lock, &ts);
+                }
+                bool kicked = w->kicked;
+                w->kicked = false;
+                pthread_mutex_unlock(&w->lock);
+                if (kicked) {
+                        bool merged = true;
+                        /* several buffers may be waiting */
+                        while (merged && !w->stop)
+                                if (agg_merge_once(w->store, w->metrics, &merged) < 0) {
+                                        merged = false;
+                                        /* retried at the next kick or flush tick */
+                                }
+                }
+                if (mono_now_s() - last_flush >= FLUSH_INTERVAL_S) {
+                        agg_metrics_flush(w->metrics, w->store);
+                        last_flush = mono_now_s();
+                        pthread_mutex_lock(&w->lock);
+                        w->kicked = true; /* also retries a merge that failed */
+                        pthread_mutex_unlock(&w->lock);
+                }
+                pthread_mutex_lock(&w->lock);
+        }
+        pthread_mutex_unlock(&w->lock);
+        agg_metrics_flush(w->metrics, w->store);
+        return NULL;
+}
+
+int agg_merger_start(agg_store *s, agg_metrics *metrics, agg_merger **ret) {
+        agg_merger *w = calloc(1, sizeof(*w));
+        int r;
+
+        if (!w)
+                return -ENOMEM;
+        w->store = s;
+        w->metrics = metrics;
+        pthread_mutex_init(&w->lock, NULL);
+        pthread_cond_init(&w->cond, NULL);
+        r = pthread_create(&w->thread, NULL, worker, w);
+        if (r != 0) {
+                free(w);
+                return log_error_errno(r, "cannot start the merge thread");
+        }
+        *ret = w;
+        return 0;
+}
+
+void agg_merger_kick(agg_merger *w) {
+        pthread_mutex_lock(&w->lock);
+        w->kicked = true;
+        pthread_cond_signal(&w->cond);
+        pthread_mutex_unlock(&w->lock);
+}
+
+void agg_merger_stop(agg_merger *w) {
+        if (!w)
+                return;
+        pthread_mutex_lock(&w->lock);
+        w->stop = true;
+        pthread_cond_signal(&w->cond);
+        pthread_mutex_unlock(&w->lock);
+        pthread_join(w->thread, NULL);
+        pthread_cond_destroy(&w->cond);
+        pthread_mutex_destroy(&w->lock);
+        free(w);
+}
