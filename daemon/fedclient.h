@@ -8,11 +8,14 @@
  * own thread) owns retries, using fed_backoff_delay(). Nothing here touches the model
  * beyond files; secrets are never logged.
  *
- * Errors: -ENETUNREACH/-ECONNREFUSED/-ETIMEDOUT/-EHOSTUNREACH for transport failures, -EAGAIN
- * for 5xx and 429 (retry later), -EACCES for 401 (bad token or identity), -ESTALE for 409
- * stale/unknown-base (fetch the new task), -EBADMSG for a malformed reply, -EPROTO for other
- * 4xx (give up on this request), -errno for local I/O. On failure err (if not NULL) holds a
- * one-line reason, with the server's "error"/"message" when there was one. */
+ * Errors: -ENETUNREACH/-ECONNREFUSED/-ETIMEDOUT/-EHOSTUNREACH for transport failures, and
+ * -ECONNRESET when the connection broke mid-exchange (reset, truncated body, TLS failure), all
+ * worth a retry with backoff; -EAGAIN for 5xx and 429 (retry later), -EACCES for 401 (bad
+ * token or identity), -ESTALE for 409 stale/unknown-base (fetch the new task), -EBADMSG for a
+ * malformed reply (also an unexpected status, e.g. a redirect, which is never followed),
+ * -EPROTO for other 4xx (give up on this request), -EINVAL for bad arguments, -errno for
+ * local I/O. On failure err (if not NULL) holds a one-line reason, with the server's
+ * "error"/"message" when there was one (withheld if it contains the secret or the token). */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -26,7 +29,7 @@
 typedef struct {
         const char *server;       /* base URL, e.g. "http://127.0.0.1:8080" (no trailing /) */
         const char *enroll_token; /* used only when there is no identity yet; may be NULL */
-        const char *ca_file;      /* extra CA bundle for https; NULL: the system's */
+        const char *ca_file;      /* https CA bundle, instead of the system's (NULL) */
         const char *state_dir;    /* identity, model-<v>.safetensors, pending-update */
         const char *device_name;  /* sent at enrollment; NULL: the hostname */
         long timeout_s;           /* per request (default 30); downloads: without progress */

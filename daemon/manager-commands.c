@@ -50,6 +50,30 @@ static json_t *data_status(manager *m, const trainer_stats *ts) {
                                      : json_null());
 }
 
+static uint64_t model_version(manager *m) {
+        federation_status fs;
+        if (!m->fed)
+                return 0;
+        federation_get_status(m->fed, &fs);
+        return fs.base_version;
+}
+
+static json_t *aggregator_status(manager *m) {
+        federation_status fs;
+
+        if (!m->fed)
+                return json_pack("{s:s, s:n, s:i}", "state", "standalone", "url", "pending_updates", 0);
+        federation_get_status(m->fed, &fs);
+        return json_pack("{s:s, s:s, s:i, s:o, s:I, s:I, s:I, s:I, s:s}", "state",
+                         fed_link_to_string(fs.link), "url", m->conf.server, "pending_updates",
+                         (int) fs.pending_updates, "version",
+                         fs.have_task ? json_integer((json_int_t) fs.version) : json_null(),
+                         "base_version", (json_int_t) fs.base_version, "updates_sent",
+                         (json_int_t) fs.updates_sent, "updates_acked", (json_int_t) fs.updates_acked,
+                         "updates_rejected", (json_int_t) fs.updates_rejected, "last_error",
+                         fs.last_error);
+}
+
 static int cmd_status(json_t *req, json_t **reply, void *userdata) {
         manager *m = userdata;
         const sensors_sample_t *s = &m->sample;
@@ -66,7 +90,8 @@ static int cmd_status(json_t *req, json_t **reply, void *userdata) {
                 /* the decision is instant; the trainer stops after its layer */
                 "trainer_parked", !m->trainer || ts.parked, "profile",
                 conf_profile_to_string(m->conf.knobs.profile), "model",
-                conf_model_to_string(m->conf.model), "model_version", (json_int_t) 0, "step",
+                m->trainer ? trainer_model_config(m->trainer)->name : conf_model_to_string(m->conf.model),
+                "model_version", (json_int_t) model_version(m), "step",
                 (json_int_t) ts.step, "tokens", (json_int_t) ts.tokens, "tokens_per_s",
                 m->tokens_per_s, "loss", number_or_null(ts.loss), "val_loss",
                 number_or_null(ts.val_loss), "core_seconds_today", m->ds.core_seconds_today,
@@ -86,8 +111,7 @@ static int cmd_status(json_t *req, json_t **reply, void *userdata) {
                                                              : json_null());
         json_object_set_new(r, "blas_kernel", json_string(blas_kernel()));
         json_object_set_new(r, "data", data_status(m, &ts));
-        json_object_set_new(r, "aggregator", json_pack("{s:s, s:n, s:i}", "state", "standalone",
-                                                       "url", "pending_updates", 0));
+        json_object_set_new(r, "aggregator", aggregator_status(m));
         *reply = r;
         return 0;
 }
@@ -118,7 +142,10 @@ static int cmd_stats(json_t *req, json_t **reply, void *userdata) {
         if (m->trainer)
                 trainer_get_stats(m->trainer, &ts);
         stats_history_sum(&m->history, since, now, &c, &from);
-        *reply = json_pack("{s:I, s:{s:f, s:f, s:f}, s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i}",
+        federation_status fs = { 0 };
+        if (m->fed)
+                federation_get_status(m->fed, &fs);
+        *reply = json_pack("{s:I, s:{s:f, s:f, s:f}, s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I}",
                            "since", (json_int_t) from, "seconds_in_state", "running",
                            c.state_s[POLICY_RUNNING], "paused", c.state_s[POLICY_PAUSED], "off",
                            c.state_s[POLICY_OFF], "seconds_paused", reasons_object(c.paused_s, NULL),
@@ -126,7 +153,8 @@ static int cmd_stats(json_t *req, json_t **reply, void *userdata) {
                            (json_int_t) c.transitions, "steps", (json_int_t) c.steps, "tokens",
                            (json_int_t) c.tokens, "checkpoints", (json_int_t) c.checkpoints,
                            "steps_abandoned", (json_int_t) ts.steps_abandoned, "core_seconds",
-                           c.core_s, "updates_sent", 0, "updates_acked", 0);
+                           c.core_s, "updates_sent", (json_int_t) fs.updates_sent,
+                           "updates_acked", (json_int_t) fs.updates_acked);
         return *reply ? 0 : -ENOMEM;
 }
 

@@ -9,6 +9,7 @@
 #include "conf.h"
 #include "control.h"
 #include "daemon-state.h"
+#include "federation.h"
 #include "loader.h"
 #include "manager.h"
 #include "policy.h"
@@ -30,6 +31,7 @@ typedef struct manager {
         trainer *trainer;
         control_server *control;
         power_events *power;
+        federation *fed; /* NULL: standalone */
         model *sample_model; /* a copy of the parameters to sample from, made on demand */
 
         policy_state ps;

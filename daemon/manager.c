@@ -85,9 +85,13 @@ static int start_training(manager *m) {
                               .val_every_steps = VAL_EVERY_STEPS, .val_batches = 4 };
         int r;
 
+        /* federated: the aggregator's task says which model; nothing to train until then */
+        if (m->fed && federation_model_config(m->fed, &tc.cfg) < 0)
+                return 0;
         m->last_data_try = mono_now_s();
         m->data_changed = false;
-        model_config_by_name(models[m->conf.model], &tc.cfg);
+        if (!m->fed)
+                model_config_by_name(models[m->conf.model], &tc.cfg);
         tc.T = tc.cfg.block_size;
         r = loader_new(&(loader_options) { .data_dir = m->data_dir, .B = tc.B, .T = tc.T,
                                            .prefetch = 4, .check_interval_s = DATA_CHECK_S },
@@ -109,8 +113,9 @@ static int start_training(manager *m) {
         trainer_stats ts;
         trainer_get_stats(m->trainer, &ts);
         m->prev_step = ts.step;
-        log_info("training the %s model on %s from step %ld", models[m->conf.model], m->data_dir,
-                 ts.step);
+        log_info("training the %s model on %s from step %ld", tc.cfg.name, m->data_dir, ts.step);
+        if (m->fed)
+                federation_attach(m->fed, m->trainer);
         return 0;
 }
 
@@ -203,6 +208,25 @@ static void account(manager *m, const policy_decision *d, bool transition, time_
                 manager_save_state(m);
 }
 
+/* What the aggregator hears about this device: totals (it computes rates) and the state. */
+static void feed_telemetry(manager *m, const federation_status *fs) {
+        const sensors_sample_t *s = &m->sample;
+        json_t *j = json_pack("{s:f, s:I, s:s, s:s, s:o, s:o, s:o, s:I, s:i}", "core_seconds",
+                              m->ds.core_seconds_total, "tokens", (json_int_t) m->ds.tokens_total,
+                              "state", policy_mode_name(m->last.mode), "reason",
+                              policy_reason_name(m->last.reason), "max_temp_c",
+                              s->have_temp ? json_real(s->max_temp_c) : json_null(), "battery_pct",
+                              s->n_batteries > 0 ? json_real(s->battery_pct) : json_null(), "on_ac",
+                              s->have_ac_supply ? json_boolean(s->ac_online) : json_null(),
+                              "version", (json_int_t) fs->base_version, "pending_updates",
+                              (int) fs->pending_updates);
+        char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        if (text)
+                federation_set_telemetry(m->fed, text);
+        free(text);
+        json_decref(j);
+}
+
 void manager_decide(manager *m) {
         policy_input in = { 0 };
         time_t now = time(NULL);
@@ -210,7 +234,8 @@ void manager_decide(manager *m) {
         char line[256];
         int r;
 
-        if (!m->trainer && (m->data_changed || mono_now_s() - m->last_data_try >= DATA_RETRY_S))
+        if (!m->trainer && (m->data_changed || mono_now_s() - m->last_data_try >= DATA_RETRY_S ||
+                            m->fed))
                 (void) start_training(m);
 
         register_harvesters(m);
@@ -232,6 +257,12 @@ void manager_decide(manager *m) {
                 in.have_data = ls.n_train_files > 0;
         }
         in.have_task = true; /* standalone: the local model is always the task */
+        if (m->fed) {
+                federation_status fs;
+                federation_get_status(m->fed, &fs);
+                in.have_task = fs.have_task;
+                feed_telemetry(m, &fs);
+        }
 
         policy_decision d = policy_decide(&m->conf.knobs, &in, &m->ps, &m->ps);
         if (m->trainer)
@@ -335,10 +366,18 @@ static int setup(manager *m) {
                 log_info("no power supply events (%s); the %g s sample will notice changes",
                          strerror(-r), SAMPLE_USEC / 1e6);
 
+        if (m->conf.server) {
+                fed_options fo = { .server = m->conf.server, .enroll_token = m->conf.enroll_token,
+                                   .ca_file = m->conf.ca_file, .state_dir = m->state_dir };
+                r = federation_start(&fo, &m->fed);
+                if (r < 0)
+                        return log_error_errno(r, "cannot start the federation client: %m");
+                log_info("federated with %s", m->conf.server);
+        }
         r = start_training(m);
         if (r < 0)
                 return r;
-        if (!m->trainer)
+        if (!m->trainer && !m->fed)
                 log_warning("%s: no training data yet (put text files there); waiting", m->data_dir);
         r = sd_event_add_inotify(m->event, &m->inotify, m->data_dir,
                                  IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
@@ -385,7 +424,9 @@ int manager_run(const manager_opts *o) {
         sd_notify(false, "STOPPING=1\nSTATUS=saving a checkpoint");
         log_info("stopping: saving a checkpoint");
 out:
-        /* the trainer saves its checkpoint as it stops; the loader feeds it until then */
+        /* the federation thread may be waiting on the trainer: it goes first; the trainer
+         * saves its checkpoint as it stops; the loader feeds it until then */
+        federation_stop(m.fed);
         trainer_stop(m.trainer);
         loader_free(m.loader);
         if (m.state_file)
