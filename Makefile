@@ -1,6 +1,6 @@
 # edged — build, test, demo and benchmark. See README.md.
 #
-#   make demo        build and train a small model on this machine's licence texts
+#   make demo        build, then a federated run on this machine: an aggregator and three devices
 #   make check       build and run the test suite
 #   make bench       training throughput, MFU and the PyTorch comparison
 #   SANITIZE=1       build with ASan + UBSan (into build/sanitize)
@@ -152,16 +152,20 @@ bench: ensure-deps
 run-tests: $(PROGRAMS) $(TESTS)
 	@tests/run-tests $(BUILD) $(TESTS)
 
-# The demo is the service itself, in the foreground with the policy active: it waits for the
-# machine to be idle, trains on the licence texts Debian ships, backs off when something else
-# needs the CPU, and stops by itself; then the model it trained writes a few lines.
+# The demo is a federated run on this machine: an embedded aggregator on 127.0.0.1 and three
+# edged devices on fake machines (tests/fixtures/sysfs), each with a slice of the licence
+# texts Debian ships, train one shared model; a line every few seconds shows its version and
+# held-out loss, and what each device does. It stops by itself; then the shared model writes.
+# DEMO=local runs a single daemon on this machine's real sensors instead (policy active).
+DEMO ?= fleet
 DEMO_DIR ?= $(BUILD)/demo
 DEMO_DATA ?= /usr/share/common-licenses
 DEMO_SECONDS ?= 120
 run-demo: $(PROGRAMS)
+ifeq ($(DEMO),local)
 	@mkdir -p $(DEMO_DIR)
 	@rm -rf $(DEMO_DIR)/state
-	@printf '%s\n' '# make demo: a small model, a short idle window so it starts soon' \
+	@printf '%s\n' '# make demo DEMO=local: a small model, a short idle window so it starts soon' \
 		'[Policy]' 'IdleWindowSec=5' \
 		'[Daemon]' 'DataDirectory=$(abspath $(DEMO_DATA))' 'Model=tiny' 'CheckpointIntervalSec=30' \
 		> $(DEMO_DIR)/edged.conf
@@ -171,6 +175,9 @@ run-demo: $(PROGRAMS)
 	@$(BUILD)/edged sample --checkpoint $(DEMO_DIR)/state/checkpoint.safetensors --tokens 200 \
 		--temperature 0.6 'The Licensee shall'
 	@echo
+else
+	@tools/demo-fleet $(BUILD) $(DEMO_DIR) $(DEMO_SECONDS) $(DEMO_DATA)
+endif
 
 BENCH_ARGS ?=
 # bench/train: training throughput and MFU; bench/monitor: the eBPF monitor's cost per
