@@ -94,7 +94,12 @@ int agg_merge_once(agg_store *s, agg_metrics *metrics, bool *ret_merged) {
         if ((r = agg_store_load_settings(s, set)) < 0 || (r = agg_store_current_version(s, &cur)) < 0)
                 return r;
         K = (size_t) set->buffer_size;
-        if (agg_store_count_pending(s) < (int64_t) K)
+        int64_t pending = agg_store_count_pending(s);
+        if (pending < 0)
+                /* a failing store must be heard of, not look like "not enough updates yet" */
+                return log_error_errno(EIO, "cannot count the updates waiting to be merged; "
+                                            "merging is stopped until the store answers");
+        if (pending < (int64_t) K)
                 return 0;
         /* more than K so that dropping a too-stale one still leaves a full buffer */
         if ((r = agg_store_pending(s, 4 * K, &u, &n)) < 0)

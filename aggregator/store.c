@@ -108,9 +108,14 @@ static int open_db(const char *dir, bool create, agg_store **ret) {
                 return log_error_errno(ENOMEM, "out of memory");
         }
         pthread_mutex_init(&s->lock, NULL);
+        /* FULLMUTEX, not NOMUTEX: s->lock serialises the transactions, but the statements
+         * (_cleanup_stmt_, declared before LOCKED) are finalized after it is released, so
+         * SQLite must guard the connection itself. Without it, a finalize racing another
+         * thread's transaction lost acknowledged updates and corrupted the database
+         * (tests/test-aggregator-crash.c). */
         if (sqlite3_open_v2(path, &s->db,
                             SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) |
-                                    SQLITE_OPEN_NOMUTEX,
+                                    SQLITE_OPEN_FULLMUTEX,
                             NULL) != SQLITE_OK) {
                 r = log_error_errno(EIO, "%s: %s", path,
                                     s->db ? sqlite3_errmsg(s->db) : "cannot open");
