@@ -44,6 +44,7 @@ typedef struct manager {
         long prev_step;
         double prev_mono, prev_harvested, tokens_per_s, started, last_state_save, last_data_try;
         bool data_changed;
+        unsigned telemetry_ticks;
 } manager;
 
 extern const control_command manager_commands[];

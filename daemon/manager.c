@@ -220,6 +220,15 @@ static void feed_telemetry(manager *m, const federation_status *fs) {
                               s->have_ac_supply ? json_boolean(s->ac_online) : json_null(),
                               "version", (json_int_t) fs->base_version, "pending_updates",
                               (int) fs->pending_updates);
+        json_t *paused = json_object();
+        stats_counts c;
+        stats_history_sum(&m->history, 0, (int64_t) time(NULL), &c, NULL);
+        for (int i = 1; paused && i < _POLICY_REASON_MAX; i++)
+                if (c.paused_s[i] > 0)
+                        json_object_set_new(paused, policy_reason_name((policy_reason) i),
+                                            json_real(c.paused_s[i]));
+        if (j && paused)
+                json_object_set_new(j, "paused_seconds", paused); /* over the last week */
         char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
         if (text)
                 federation_set_telemetry(m->fed, text);
@@ -261,7 +270,8 @@ void manager_decide(manager *m) {
                 federation_status fs;
                 federation_get_status(m->fed, &fs);
                 in.have_task = fs.have_task;
-                feed_telemetry(m, &fs);
+                if (++m->telemetry_ticks % 10 == 1) /* reports go out every minute or so */
+                        feed_telemetry(m, &fs);
         }
 
         policy_decision d = policy_decide(&m->conf.knobs, &in, &m->ps, &m->ps);
