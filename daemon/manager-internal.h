@@ -43,6 +43,7 @@ typedef struct manager {
         uint64_t prev_tokens, prev_checkpoints;
         long prev_step;
         double prev_mono, prev_harvested, tokens_per_s, started, last_state_save, last_data_try;
+        double last_save_retry;
         bool data_changed;
         unsigned telemetry_ticks;
 } manager;

@@ -28,6 +28,7 @@
 #define DATA_RETRY_S 10.0     /* how often to look for data while there is none */
 #define DATA_CHECK_S 60       /* the loader re-walks the tree this often (subdirectories) */
 #define STATE_SAVE_S 60.0
+#define DISK_RETRY_S 10.0 /* while paused disk-full, a checkpoint is tried this often */
 #define BATCH 4
 #define VAL_EVERY_STEPS 200
 
@@ -261,6 +262,15 @@ void manager_decide(manager *m) {
         in.pause_indefinite = m->ds.pause_indefinite;
         in.have_data = false;
         if (m->trainer) {
+                trainer_stats ts;
+                trainer_get_stats(m->trainer, &ts);
+                in.disk_full = ts.save_error == -ENOSPC || ts.save_error == -EDQUOT;
+                /* paused for want of space: try again now and then, resume once it fits */
+                if (in.disk_full && mono_now_s() - m->last_save_retry >= DISK_RETRY_S) {
+                        m->last_save_retry = mono_now_s();
+                        log_debug("disk full: trying a checkpoint again");
+                        trainer_request_save(m->trainer);
+                }
                 loader_stats ls;
                 loader_get_stats(m->loader, &ls);
                 in.have_data = ls.n_train_files > 0;

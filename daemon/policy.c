@@ -19,6 +19,7 @@ static const char *const reason_names[_POLICY_REASON_MAX] = {
         [POLICY_REASON_NO_DATA] = "no-data",
         [POLICY_REASON_NO_TASK] = "no-task",
         [POLICY_REASON_ERROR] = "error",
+        [POLICY_REASON_DISK_FULL] = "disk-full",
 };
 
 static const char *const mode_names[_POLICY_MODE_MAX] = {
@@ -243,6 +244,8 @@ policy_decision policy_decide(const policy_knobs *k, const policy_input *in,
                 d.mode = POLICY_OFF;
         else if (in->error)
                 d.reason = POLICY_REASON_ERROR;
+        else if (in->disk_full)
+                d.reason = POLICY_REASON_DISK_FULL;
         else if (user_paused)
                 d.reason = POLICY_REASON_USER_PAUSED;
         else if (!in->have_data)

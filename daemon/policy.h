@@ -66,6 +66,7 @@ typedef enum {
         POLICY_REASON_NO_DATA,
         POLICY_REASON_NO_TASK,
         POLICY_REASON_ERROR,
+        POLICY_REASON_DISK_FULL, /* the last checkpoint could not be written: no space */
         _POLICY_REASON_MAX,
 } policy_reason;
 
@@ -81,6 +82,7 @@ typedef struct {
         bool pause_indefinite;
         bool have_data, have_task;
         bool error;
+        bool disk_full;   /* a checkpoint failed for want of space: training would be lost */
         bool user_active; /* logind: the seat is not idle */
         bool disabled;    /* OFF */
 } policy_input;

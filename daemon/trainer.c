@@ -46,6 +46,7 @@ struct trainer {
         float *req_delta;
         uint64_t req_version;
         uint64_t req_done; /* counts served requests */
+        uint64_t save_attempts;
         trainer_round round;
         double round_loss_sum;
         int req_result;
@@ -130,18 +131,26 @@ static char *with_suffix(const char *path, const char *suffix) {
 static void save(trainer *t) {
         _cleanup_free_ char *prev = NULL;
         bool rotated;
+        int r;
 
         if (!t->c.checkpoint || !(prev = with_suffix(t->c.checkpoint, ".prev")))
                 return;
         rotated = rename(t->c.checkpoint, prev) == 0;
-        if (ckpt_save(t->c.checkpoint, t->m, &t->opt, &t->cs) < 0) {
-                if (rotated)
-                        (void) rename(prev, t->c.checkpoint);
-                return;
-        }
+        r = ckpt_save(t->c.checkpoint, t->m, &t->opt, &t->cs);
+        if (r < 0 && rotated)
+                (void) rename(prev, t->c.checkpoint); /* the last good one stays the newest */
         pthread_mutex_lock(&t->lock);
-        t->stats.checkpoints++;
-        t->saved_step = t->cs.step;
+        if (r < 0 && t->stats.save_error != r)
+                log_warning_errno(r, "%s: checkpoint not written, keeping the previous one: %m",
+                                  t->c.checkpoint);
+        else if (r >= 0 && t->stats.save_error < 0)
+                log_info("%s: checkpoints are written again", t->c.checkpoint);
+        t->stats.save_error = r < 0 ? r : 0;
+        if (r >= 0) {
+                t->stats.checkpoints++;
+                t->saved_step = t->cs.step;
+        }
+        t->save_attempts++;
         pthread_cond_broadcast(&t->changed);
         pthread_mutex_unlock(&t->lock);
 }
@@ -516,17 +525,29 @@ void trainer_get_stats(trainer *t, trainer_stats *ret) {
         pthread_mutex_unlock(&t->lock);
 }
 
-static bool saved_since(trainer *t, long checkpoints) {
-        return t->stats.checkpoints > (uint64_t) checkpoints;
+static bool save_attempted(trainer *t, long attempts) {
+        return t->save_attempts > (uint64_t) attempts;
+}
+
+void trainer_request_save(trainer *t) {
+        pthread_mutex_lock(&t->lock);
+        atomic_store(&t->save_requested, true);
+        pthread_cond_broadcast(&t->wake);
+        pthread_mutex_unlock(&t->lock);
 }
 
 int trainer_save_now(trainer *t, double timeout_s) {
         pthread_mutex_lock(&t->lock);
-        long before = (long) t->stats.checkpoints;
-        atomic_store(&t->save_requested, true);
-        pthread_cond_broadcast(&t->wake);
+        long before = (long) t->save_attempts;
         pthread_mutex_unlock(&t->lock);
-        return wait_until(t, timeout_s, saved_since, before);
+        trainer_request_save(t);
+        int r = wait_until(t, timeout_s, save_attempted, before);
+        if (r < 0)
+                return r;
+        pthread_mutex_lock(&t->lock);
+        r = t->stats.save_error;
+        pthread_mutex_unlock(&t->lock);
+        return r;
 }
 
 int trainer_copy_params(trainer *t, model *m) {

@@ -39,6 +39,7 @@ typedef struct {
         uint64_t checkpoints;
         uint64_t data_wait_ns, step_ns; /* waiting for batches; whole steps (waits included) */
         int data_error;                 /* last batch source error (0 when the last step ran) */
+        int save_error;                 /* of the last checkpoint attempt (0: written) */
 } trainer_stats;
 
 typedef struct trainer trainer;
@@ -57,8 +58,10 @@ int trainer_wait_parked(trainer *t, double timeout_s, double *ret_latency_s);
 int trainer_wait_step(trainer *t, long step, double timeout_s);
 void trainer_get_stats(trainer *t, trainer_stats *ret);
 
-/* Saves a checkpoint between two steps (also while parked) and waits for it. */
+/* Saves a checkpoint between two steps (also while parked) and waits for it: 0, or the
+ * save's error (-ENOSPC...), or -ETIMEDOUT. trainer_request_save() does not wait. */
 int trainer_save_now(trainer *t, double timeout_s);
+void trainer_request_save(trainer *t);
 /* Copies the current parameters (taken between two optimizer steps) into m, which must
  * have the trainer's config. For sampling from the model as it is now. */
 int trainer_copy_params(trainer *t, model *m);

@@ -356,6 +356,10 @@ static const policy_case cases[] = {
         ROW_I("prec: OFF over error", IN(.disabled = true, .error = true), OFF(true)),
         ROW("prec: OFF stays OFF", KNOBS(), IN(.disabled = true),
             PREV(.mode = POLICY_OFF, .reason = POLICY_REASON_NONE), OFF(false)),
+        ROW_I("prec: error over disk-full", IN(.error = true, .disk_full = true),
+              PAUSE(ERROR, true)),
+        ROW_I("prec: disk-full over user-paused", IN(.disk_full = true, .pause_indefinite = true),
+              PAUSE(DISK_FULL, true)),
         ROW_I("prec: error over user-paused", IN(.error = true, .pause_indefinite = true),
               PAUSE(ERROR, true)),
         ROW_I("prec: user-paused over no-data", IN(.pause_indefinite = true, .have_data = false),
@@ -692,7 +696,7 @@ static void test_helpers(void **unused) {
         static const char *const names[] = { "none",         "not-idle",    "hot",
                                              "on-battery",   "low-battery", "outside-hours",
                                              "interference", "user-paused", "no-data",
-                                             "no-task",      "error" };
+                                             "no-task",      "error",       "disk-full" };
         policy_knobs k = KNOBS();
 
         assert_int_equal(sizeof(names) / sizeof(names[0]), _POLICY_REASON_MAX);
