@@ -44,7 +44,7 @@ typedef struct manager {
         long prev_step;
         double prev_mono, prev_harvested, tokens_per_s, started, last_state_save, last_data_try;
         double last_save_retry;
-        bool data_changed;
+        bool data_changed, data_denied;
         unsigned telemetry_ticks;
 } manager;
 

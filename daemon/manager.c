@@ -99,6 +99,15 @@ static int start_training(manager *m) {
                        &m->loader);
         if (r == -ENODATA || r == -ENOENT)
                 return 0; /* the policy says no-data */
+        if (r == -EACCES) {
+                /* e.g. run as root without capabilities over a directory owned by edged */
+                if (!m->data_denied)
+                        log_warning("%s: permission denied; edged reads its data as user "
+                                    "'edged' (the unit runs it so): no data until it can",
+                                    m->data_dir);
+                m->data_denied = true;
+                return 0;
+        }
         if (r < 0)
                 return log_warning_errno(r, "%s: cannot read the training data: %m", m->data_dir);
         tc.src = batch_source_loader(m->loader);
