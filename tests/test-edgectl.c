@@ -916,6 +916,11 @@ static void watch_on_pty(const char *key, bool no_color) {
 
         fflush(stdout);
         pid_t pid = forkpty(&master, NULL, NULL, NULL);
+        if (pid < 0 && (errno == ENOENT || errno == ENODEV || errno == ENXIO)) {
+                /* a chroot without /dev/pts, a container without ptys */
+                printf("SKIP: edgectl watch on a terminal: no pseudo-terminal here (forkpty: %m)\n");
+                skip();
+        }
         assert_true(pid >= 0);
         if (pid == 0) {
                 setenv("LC_ALL", "C.UTF-8", 1);

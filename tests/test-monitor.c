@@ -164,7 +164,10 @@ static bool have_work_cpu(void) {
 /* ---- busy time ---- */
 
 /* Other work on the machine may share the CPU with the spinner, and it is foreground too: a
- * window where the spinner did not get 95 % of its wall time is measured again (3 tries). */
+ * window where the spinner did not get 95 % of its wall time is measured again (10 tries).
+ * If every window was shared, what still must hold is checked and the test says what could
+ * not be: the spinner's own time is still attributed exactly when it is a harvester, and as
+ * foreground at least its CPU time when it is not. */
 static void busy_case(bool harvester) {
         const monitor_cpu_counters *a = &before.cpu[WORK_CPU], *b = &after.cpu[WORK_CPU];
         uint64_t fg = 0, hv = 0, idle = 0, wall = 0;
@@ -173,7 +176,8 @@ static void busy_case(bool harvester) {
 
         if (!have_work_cpu())
                 skip();
-        for (int attempt = 0; attempt < 3; attempt++) {
+        bool quiet = false;
+        for (int attempt = 0; attempt < 10 && !quiet; attempt++) {
                 pthread_t th;
 
                 s = (spinner){ .cpu = WORK_CPU, .busy_ns = 500000000ULL, .harvester = harvester };
@@ -192,17 +196,27 @@ static void busy_case(bool harvester) {
                        "%+.2f %%\n",
                        WORK_CPU, ms(wall), ms(s.wall_ns), ms(s.cpu_ns), ms(fg), ms(hv), ms(idle),
                        harvester ? "harvester" : "foreground", 100 * err);
-                if ((double) s.cpu_ns >= 0.95 * (double) s.wall_ns)
-                        break;
-                printf("  other work shared cpu%d: measuring again\n", WORK_CPU);
+                quiet = (double) s.cpu_ns >= 0.95 * (double) s.wall_ns;
+                if (!quiet)
+                        printf("  other work shared cpu%d: measuring again\n", WORK_CPU);
         }
         /* The CPU's timeline is fully partitioned between the three classes. */
         assert_true(fabs(rel_err((double) (fg + hv + idle), (double) wall)) < 0.01);
-        assert_true(fabs(err) <= 0.10);
         if (harvester)
-                assert_true(fg < s.cpu_ns / 10);
+                assert_true(fabs(err) <= 0.10);
         else
                 assert_true(hv == 0);
+        if (quiet) {
+                assert_true(fabs(err) <= 0.10);
+                if (harvester)
+                        assert_true(fg < s.cpu_ns / 10);
+        } else {
+                /* others' time is foreground too: it can only add */
+                assert_true((double) fg >= 0.95 * (double) (harvester ? 0 : s.cpu_ns));
+                printf("  NOT CHECKED: %s against the spinner alone: other work shared cpu%d "
+                       "in all 10 windows\n",
+                       harvester ? "foreground time near zero" : "foreground time", WORK_CPU);
+        }
 }
 
 static void test_busy_foreground(void **state) {
