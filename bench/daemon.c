@@ -47,6 +47,7 @@
 #include "blas.h"
 #include "loader.h"
 #include "log.h"
+#include "bench-corpus.h"
 #include "macros.h"
 #include "model.h"
 #include "rng.h"
@@ -59,7 +60,6 @@
 #define CORES 2
 #define N_FILES 300
 #define FILES_PER_DIR 30
-#define MAX_CORPUS (64u << 20)
 #define MAX_PAUSES 1000
 #define MAX_HOOKS 64
 #define MAX_GAP_STEPS 64
@@ -73,7 +73,6 @@
 #define STOP_TIMEOUT_S 30.0
 
 static const char *const default_corpus = "../shared/data/tinyshakespeare.txt";
-static const char *const fallback_dir = "/usr/share/common-licenses";
 
 static volatile sig_atomic_t interrupted;
 static pid_t daemon_pid; /* the child edged, killed on every way out */
@@ -206,141 +205,6 @@ static double percentile(const double *v, int n, double q) {
 
 /* ---- the corpus and the temporary directory ---- */
 
-static int read_whole(const char *path, uint8_t **buf, size_t *len, size_t max) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-        struct stat st;
-
-        if (fd < 0 || fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return -EINVAL;
-        size_t n = MIN((size_t) st.st_size, max - MIN(max, *len));
-        uint8_t *p = realloc(*buf, *len + n + 1);
-        if (!p)
-                return -ENOMEM;
-        *buf = p;
-        for (size_t done = 0; done < n;) {
-                ssize_t k = read(fd, p + *len + done, n - done);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0)
-                        return -errno;
-                if (k == 0)
-                        n = done; /* shrank meanwhile */
-                done += (size_t) k;
-        }
-        *len += n;
-        return 0;
-}
-
-static int load_licences(uint8_t **buf, size_t *len) {
-        struct dirent **names = NULL;
-        int n = scandir(fallback_dir, &names, NULL, alphasort);
-
-        if (n < 0)
-                return -errno;
-        for (int i = 0; i < n; i++) {
-                char path[PATH_MAX];
-                snprintf(path, sizeof(path), "%s/%s", fallback_dir, names[i]->d_name);
-                if (names[i]->d_name[0] != '.')
-                        (void) read_whole(path, buf, len, MAX_CORPUS); /* directories: -EINVAL */
-                free(names[i]);
-        }
-        free(names);
-        return *len > 0 ? 0 : -ENODATA;
-}
-
-/* Directory of the repository holding this binary (build/bench/daemon), for relative paths
- * when the working directory is elsewhere. */
-static bool repo_dir(char *buf, size_t size) {
-        char exe[PATH_MAX];
-
-        if (!realpath("/proc/self/exe", exe))
-                return false;
-        for (int up = 0; up < 3; up++) {
-                char *slash = strrchr(exe, '/');
-                if (slash)
-                        *slash = 0;
-        }
-        snprintf(buf, size, "%s", exe);
-        return true;
-}
-
-static int load_corpus(const char *path, bool explicit, uint8_t **buf, size_t *len, char *desc,
-                       size_t desc_size) {
-        char repo[PATH_MAX], alt[PATH_MAX * 2];
-        int r = read_whole(path, buf, len, MAX_CORPUS);
-
-        if (r < 0 && !explicit && repo_dir(repo, sizeof(repo))) {
-                snprintf(alt, sizeof(alt), "%s/%s", repo, path);
-                r = read_whole(alt, buf, len, MAX_CORPUS);
-        }
-        if (r >= 0) {
-                snprintf(desc, desc_size, "%s", path);
-                return 0;
-        }
-        printf("note: corpus %s: %s; using the concatenated texts of %s/* instead\n", path,
-               strerror(-r), fallback_dir);
-        *len = 0;
-        r = load_licences(buf, len);
-        if (r < 0)
-                return r;
-        snprintf(desc, desc_size, "%s/* (concatenated)", fallback_dir);
-        return 0;
-}
-
-static int write_all_file(const char *path, const void *data, size_t n) {
-        _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        const uint8_t *p = data;
-
-        if (fd < 0)
-                return -errno;
-        while (n > 0) {
-                ssize_t k = write(fd, p, n);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k <= 0)
-                        return k < 0 ? -errno : -EIO;
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
-/* Cuts the corpus into n nearly equal files, FILES_PER_DIR per subdirectory. */
-static int split_corpus(const char *dir, const uint8_t *data, size_t size, int n, int *ret_n) {
-        char path[PATH_MAX];
-
-        if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-                return -errno;
-        n = (int) MIN((size_t) n, size / (2 * (SEQ + 1)));
-        if (n < 2)
-                return -ENODATA;
-        for (int i = 0; i < n; i++) {
-                size_t a = size * (size_t) i / (size_t) n, b = size * (size_t) (i + 1) / (size_t) n;
-                if (i % FILES_PER_DIR == 0) {
-                        snprintf(path, sizeof(path), "%s/d%02d", dir, i / FILES_PER_DIR);
-                        if (mkdir(path, 0755) < 0)
-                                return -errno;
-                }
-                snprintf(path, sizeof(path), "%s/d%02d/part-%04d.txt", dir, i / FILES_PER_DIR, i);
-                int r = write_all_file(path, data + a, b - a);
-                if (r < 0)
-                        return r;
-        }
-        *ret_n = n;
-        return 0;
-}
-
-static int rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-        (void) (type == FTW_DP ? rmdir(path) : unlink(path));
-        return 0;
-}
-
-static void remove_tree(const char *dir) {
-        if (dir && *dir)
-                (void) nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 /* ---- schedstat: time on CPU and waiting on the run queue (ns), times run ---- */
 
@@ -948,12 +812,12 @@ static int daemon_bench(const bench_opts *o, const char *tmp, const uint8_t *dat
                 printf("cannot copy the fake sysfs root %s\n", src);
                 return r;
         }
-        r = split_corpus(datadir, data, size, N_FILES / 10, &n_files);
+        r = bench_split_corpus(datadir, data, size, N_FILES / 10, FILES_PER_DIR, 2 * (SEQ + 1), &n_files);
         if (r < 0)
                 return r;
         static const char conf_text[] = "[Policy]\nIdleWindowSec=2\nMaxForegroundDelayMs=1000\n"
                                         "[Daemon]\nDataDirectory=/data\nModel=small\n";
-        r = write_all_file(conf, conf_text, sizeof(conf_text) - 1);
+        r = bench_write_file(conf, conf_text, sizeof(conf_text) - 1);
         if (r < 0)
                 return r;
         /* a bound of its own, should this process die without stopping it */
@@ -1243,7 +1107,7 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "daemon: cannot run %s: %m (build it, or set EDGED_BIN)\n", o.bin);
                 return EXIT_FAILURE;
         }
-        r = load_corpus(o.corpus, corpus_set, &data, &size, desc, sizeof(desc));
+        r = bench_load_corpus(o.corpus, corpus_set, &data, &size, desc, sizeof(desc));
         if (r < 0) {
                 fprintf(stderr, "daemon: no corpus: %s\n", strerror(-r));
                 return EXIT_FAILURE;
@@ -1259,7 +1123,7 @@ int main(int argc, char **argv) {
         printf("BLAS: %s\n", blas_describe());
 
         snprintf(data_dir, sizeof(data_dir), "%s/data", tmpl);
-        r = split_corpus(data_dir, data, size, N_FILES, &n_files);
+        r = bench_split_corpus(data_dir, data, size, N_FILES, FILES_PER_DIR, 2 * (SEQ + 1), &n_files);
         /* first: the trainer later puts every BLAS and pool thread at SCHED_IDLE */
         if (r >= 0)
                 r = yield_gaps(data_dir, o.quick ? 4 : 10, &gaps);
@@ -1285,7 +1149,7 @@ int main(int argc, char **argv) {
         daemon_stop(NULL); /* still running after a failure or an interrupt */
         if (!interrupted)
                 print_summary(pr->n > 0 ? pr : NULL, dr.paused.ok ? &dr : NULL);
-        remove_tree(tmpl);
+        bench_remove_tree(tmpl);
         free(pr);
         if (interrupted) {
                 printf("interrupted\n");

@@ -78,11 +78,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench-corpus.h"
 #include "macros.h"
 #include "time-util.h"
 
 #define N_FILES 30
-#define MAX_CORPUS (64u << 20)
 #define TRAIN_B 4
 #define TRAIN_T 256
 #define BURST_PERIOD_S 0.100
@@ -101,7 +101,6 @@
 #define MAX_LAT_SAMPLES (1 << 21)
 
 static const char *const default_corpus = "../shared/data/tinyshakespeare.txt";
-static const char *const fallback_dir = "/usr/share/common-licenses";
 
 typedef enum {
         CFG_ALONE,
@@ -250,90 +249,6 @@ static double percentile(const double *v, long n, double q) {
 
 /* ---- files, the corpus ---- */
 
-static int read_whole(const char *path, uint8_t **buf, size_t *len, size_t max) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-        struct stat st;
-
-        if (fd < 0 || fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return -EINVAL;
-        size_t n = MIN((size_t) st.st_size, max - MIN(max, *len));
-        uint8_t *p = realloc(*buf, *len + n + 1);
-        if (!p)
-                return -ENOMEM;
-        *buf = p;
-        for (size_t done = 0; done < n;) {
-                ssize_t k = read(fd, p + *len + done, n - done);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0)
-                        return -errno;
-                if (k == 0)
-                        n = done; /* shrank meanwhile */
-                done += (size_t) k;
-        }
-        *len += n;
-        return 0;
-}
-
-static int load_licences(uint8_t **buf, size_t *len) {
-        struct dirent **names = NULL;
-        int n = scandir(fallback_dir, &names, NULL, alphasort);
-
-        if (n < 0)
-                return -errno;
-        for (int i = 0; i < n; i++) {
-                char path[PATH_MAX];
-                snprintf(path, sizeof(path), "%s/%s", fallback_dir, names[i]->d_name);
-                if (names[i]->d_name[0] != '.')
-                        (void) read_whole(path, buf, len, MAX_CORPUS); /* directories: -EINVAL */
-                free(names[i]);
-        }
-        free(names);
-        return *len > 0 ? 0 : -ENODATA;
-}
-
-/* Directory of the repository holding this binary (build/bench/harvest). */
-static bool repo_dir(char *buf, size_t size) {
-        char exe[PATH_MAX];
-
-        if (!realpath("/proc/self/exe", exe))
-                return false;
-        for (int up = 0; up < 3; up++) {
-                char *slash = strrchr(exe, '/');
-                if (slash)
-                        *slash = 0;
-        }
-        snprintf(buf, size, "%s", exe);
-        return true;
-}
-
-static int load_corpus(const char *path, bool explicit, uint8_t **buf, size_t *len, char *desc,
-                       size_t desc_size) {
-        char repo[PATH_MAX], alt[PATH_MAX * 2];
-        int r = read_whole(path, buf, len, MAX_CORPUS);
-
-        if (r < 0 && !explicit && repo_dir(repo, sizeof(repo))) {
-                snprintf(alt, sizeof(alt), "%s/%s", repo, path);
-                r = read_whole(alt, buf, len, MAX_CORPUS);
-        }
-        if (r >= 0) {
-                snprintf(desc, desc_size, "%s", path);
-                return 0;
-        }
-        if (explicit)
-                return r;
-        printf("note: corpus %s: %s; using the concatenated texts of %s/* instead\n", path,
-               strerror(-r), fallback_dir);
-        *len = 0;
-        r = load_licences(buf, len);
-        if (r < 0)
-                return r;
-        snprintf(desc, desc_size, "%s/* (concatenated)", fallback_dir);
-        return 0;
-}
-
 static int write_all_fd(int fd, const void *data, size_t n) {
         const uint8_t *p = data;
 
@@ -345,33 +260,6 @@ static int write_all_fd(int fd, const void *data, size_t n) {
                         return k < 0 ? -errno : -EIO;
                 p += k;
                 n -= (size_t) k;
-        }
-        return 0;
-}
-
-static int write_all_file(const char *path, const void *data, size_t n) {
-        _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-
-        if (fd < 0)
-                return -errno;
-        return write_all_fd(fd, data, n);
-}
-
-/* Cuts the corpus into n nearly equal files (the loader holds some out for validation). */
-static int split_corpus(const char *dir, const uint8_t *data, size_t size, int n) {
-        char path[PATH_MAX + 32];
-
-        if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-                return -errno;
-        n = (int) MIN((size_t) n, size / (2 * (TRAIN_T + 1)));
-        if (n < 2)
-                return -ENODATA;
-        for (int i = 0; i < n; i++) {
-                size_t a = size * (size_t) i / (size_t) n, b = size * (size_t) (i + 1) / (size_t) n;
-                snprintf(path, sizeof(path), "%s/part-%04d.txt", dir, i);
-                int r = write_all_file(path, data + a, b - a);
-                if (r < 0)
-                        return r;
         }
         return 0;
 }
@@ -397,15 +285,6 @@ static int write_xz_input(const char *path, const uint8_t *data, size_t size, si
         return r;
 }
 
-static int rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-        (void) (type == FTW_DP ? rmdir(path) : unlink(path));
-        return 0;
-}
-
-static void remove_tree(const char *dir) {
-        if (dir && *dir)
-                (void) nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 /* ---- /proc ---- */
 
@@ -1044,7 +923,7 @@ static void bg_stop(void) {
                 bg_pid = 0;
         }
         if (state_dir[0]) {
-                remove_tree(state_dir);
+                bench_remove_tree(state_dir);
                 state_dir[0] = 0;
         }
 }
@@ -1086,7 +965,7 @@ static int start_daemon(const bench_opts *o, cfg_id cfg, int rep, double bound_s
                  "[Policy]\nProfile=balanced\nIdleWindowSec=%d\n%s"
                  "[Daemon]\nDataDirectory=%s\nModel=small\nCheckpointIntervalSec=86400\n",
                  o->idle_window, cfg == CFG_NOBRAKE ? "MaxForegroundDelayMs=1000\n" : "", data_dir);
-        r = write_all_file(conf, text, strlen(text));
+        r = bench_write_file(conf, text, strlen(text));
         if (r < 0)
                 return r;
         snprintf(state_dir, sizeof(state_dir), "%s/state-%s-%d-%d", tmpdir, cfg_names[cfg], rep,
@@ -2091,7 +1970,7 @@ static void cleanup(void) {
                 runner_pid = 0;
         }
         bg_stop();
-        remove_tree(tmpdir);
+        bench_remove_tree(tmpdir);
 }
 
 int main(int argc, char **argv) {
@@ -2120,7 +1999,7 @@ int main(int argc, char **argv) {
         }
         setvbuf(stdout, NULL, _IOLBF, 0);
         install_signals();
-        r = load_corpus(o.corpus, o.corpus_set, &data, &size, desc, sizeof(desc));
+        r = bench_load_corpus(o.corpus, o.corpus_set, &data, &size, desc, sizeof(desc));
         if (r < 0) {
                 fprintf(stderr, "harvest: no corpus: %s\n", strerror(-r));
                 return EXIT_FAILURE;
@@ -2142,7 +2021,8 @@ int main(int argc, char **argv) {
                ncpu != 2 ? " (made for 2: the targets assume it)" : "");
         printf("edged %s; corpus %s, %zu bytes; temporary directory %s\n", o.bin, desc, size,
                tmpdir);
-        r = split_corpus(data_dir, data, size, N_FILES);
+        r = mkdir(data_dir, 0755) < 0 && errno != EEXIST ? -errno
+                                                              : bench_split_corpus(data_dir, data, size, N_FILES, 0, 2 * (TRAIN_T + 1), NULL);
         if (r >= 0)
                 r = calibrate(&o, data, size, &cal);
         if (r < 0) {

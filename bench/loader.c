@@ -38,6 +38,7 @@
 #include "corpus.h"
 #include "loader.h"
 #include "log.h"
+#include "bench-corpus.h"
 #include "macros.h"
 #include "model.h"
 #include "time-util.h"
@@ -50,7 +51,6 @@
 #define DEFAULT_FILES 300
 #define MAX_FILES 10000
 #define FILES_PER_DIR 30
-#define MAX_CORPUS (64u << 20)
 #define SEED 1
 #define LR 3e-4f
 #define WAIT_TARGET_PCT 1.0
@@ -58,7 +58,6 @@
 #define RATIO_TARGET 0.95
 
 static const char *const default_corpus = "../shared/data/tinyshakespeare.txt";
-static const char *const fallback_dir = "/usr/share/common-licenses";
 
 static volatile sig_atomic_t interrupted;
 
@@ -150,131 +149,6 @@ static double cpu_others_since(const cpu_snapshot *then) {
 
 /* ---- the corpus and its temporary directory ---- */
 
-static int read_whole(const char *path, uint8_t **buf, size_t *len, size_t max) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-        struct stat st;
-
-        if (fd < 0 || fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return -EINVAL;
-        size_t n = MIN((size_t) st.st_size, max - MIN(max, *len));
-        uint8_t *p = realloc(*buf, *len + n + 1);
-        if (!p)
-                return -ENOMEM;
-        *buf = p;
-        for (size_t done = 0; done < n;) {
-                ssize_t k = read(fd, p + *len + done, n - done);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0)
-                        return -errno;
-                if (k == 0)
-                        n = done; /* shrank meanwhile */
-                done += (size_t) k;
-        }
-        *len += n;
-        return 0;
-}
-
-static int load_licences(uint8_t **buf, size_t *len) {
-        struct dirent **names = NULL;
-        int n = scandir(fallback_dir, &names, NULL, alphasort);
-
-        if (n < 0)
-                return -errno;
-        for (int i = 0; i < n; i++) {
-                char path[PATH_MAX];
-                snprintf(path, sizeof(path), "%s/%s", fallback_dir, names[i]->d_name);
-                if (names[i]->d_name[0] != '.')
-                        (void) read_whole(path, buf, len, MAX_CORPUS); /* directories: -EINVAL */
-                free(names[i]);
-        }
-        free(names);
-        return *len > 0 ? 0 : -ENODATA;
-}
-
-/* The default corpus path is relative to the repository: try the working directory, then
- * the repository holding this binary (build/bench/loader). */
-static int load_corpus(const char *path, bool explicit, uint8_t **buf, size_t *len, char *desc,
-                       size_t desc_size) {
-        char exe[PATH_MAX], alt[PATH_MAX + 64];
-        int r = read_whole(path, buf, len, MAX_CORPUS);
-
-        if (r < 0 && !explicit && realpath("/proc/self/exe", exe)) {
-                for (int up = 0; up < 3; up++) {
-                        char *slash = strrchr(exe, '/');
-                        if (slash)
-                                *slash = 0;
-                }
-                snprintf(alt, sizeof(alt), "%s/%s", exe, path);
-                r = read_whole(alt, buf, len, MAX_CORPUS);
-        }
-        if (r >= 0) {
-                snprintf(desc, desc_size, "%s", path);
-                return 0;
-        }
-        printf("note: corpus %s: %s; using the concatenated texts of %s/* instead\n", path,
-               strerror(-r), fallback_dir);
-        *len = 0;
-        r = load_licences(buf, len);
-        if (r < 0)
-                return r;
-        snprintf(desc, desc_size, "%s/* (concatenated)", fallback_dir);
-        return 0;
-}
-
-static int write_all_file(const char *path, const uint8_t *p, size_t n) {
-        _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-
-        if (fd < 0)
-                return -errno;
-        while (n > 0) {
-                ssize_t k = write(fd, p, n);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k <= 0)
-                        return k < 0 ? -errno : -EIO;
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
-/* Cuts the corpus into n nearly equal files, FILES_PER_DIR per subdirectory (the loader
- * walks a tree); fewer files when that would leave one shorter than two windows. */
-static int split_corpus(const char *dir, const uint8_t *data, size_t size, int n, int *ret_n) {
-        char path[PATH_MAX];
-
-        n = (int) MIN((size_t) n, size / (2 * (SEQ + 1)));
-        if (n < 2)
-                return -ENODATA;
-        for (int i = 0; i < n; i++) {
-                size_t a = size * (size_t) i / (size_t) n, b = size * (size_t) (i + 1) / (size_t) n;
-                if (i % FILES_PER_DIR == 0) {
-                        snprintf(path, sizeof(path), "%s/d%02d", dir, i / FILES_PER_DIR);
-                        if (mkdir(path, 0755) < 0)
-                                return -errno;
-                }
-                snprintf(path, sizeof(path), "%s/d%02d/part-%04d.txt", dir, i / FILES_PER_DIR, i);
-                int r = write_all_file(path, data + a, b - a);
-                if (r < 0)
-                        return r;
-        }
-        *ret_n = n;
-        return 0;
-}
-
-static int rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-        (void) (type == FTW_DP ? rmdir(path) : unlink(path));
-        return 0;
-}
-
-static void remove_tree(const char *dir) {
-        if (dir && *dir)
-                (void) nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 /* Page-cache residency of every file under a directory, by mincore(). */
 static uint64_t res_pages, all_pages;
 
@@ -312,7 +186,7 @@ static int read_one(const char *path, const struct stat *st, int type, struct FT
         size_t len = 0;
 
         if (type == FTW_F && S_ISREG(st->st_mode))
-                (void) read_whole(path, &buf, &len, MAX_CORPUS);
+                (void) bench_read_whole(path, &buf, &len, BENCH_MAX_CORPUS);
         free(buf);
         return 0;
 }
@@ -529,7 +403,7 @@ static int train_bench(const bench_opts *o, const char *dir, train_result *res,
         if (r < 0)
                 printf("note: cannot put every thread at SCHED_IDLE: %s\n", strerror(-r));
 
-        r = corpus_load(&cp, paths, 1, MAX_CORPUS);
+        r = corpus_load(&cp, paths, 1, BENCH_MAX_CORPUS);
         if (r < 0)
                 return r;
         r = model_new(&cfg, BATCH, SEQ, &tc.m);
@@ -810,7 +684,7 @@ int main(int argc, char **argv) {
         install_signals();
         setvbuf(stdout, NULL, _IOLBF, 0);
 
-        r = load_corpus(o.corpus, corpus_set, &data, &size, desc, sizeof(desc));
+        r = bench_load_corpus(o.corpus, corpus_set, &data, &size, desc, sizeof(desc));
         if (r < 0) {
                 fprintf(stderr, "loader: no corpus: %s\n", strerror(-r));
                 return EXIT_FAILURE;
@@ -819,11 +693,11 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "loader: mkdtemp: %m\n");
                 return EXIT_FAILURE;
         }
-        r = split_corpus(tmpl, data, size, o.files, &n_files);
+        r = bench_split_corpus(tmpl, data, size, o.files, FILES_PER_DIR, 2 * (SEQ + 1), &n_files);
         if (r < 0) {
                 fprintf(stderr, "loader: cannot write the corpus under %s: %s\n", tmpl,
                         strerror(-r));
-                remove_tree(tmpl);
+                bench_remove_tree(tmpl);
                 return EXIT_FAILURE;
         }
         printf("edged loader benchmark%s\n", o.quick ? " (--quick)" : "");
@@ -859,7 +733,7 @@ int main(int argc, char **argv) {
                 print_train(&o, res, cold_note);
                 print_summary(raw, n_raw, res);
         }
-        remove_tree(tmpl);
+        bench_remove_tree(tmpl);
         if (interrupted) {
                 printf("interrupted\n");
                 return EXIT_FAILURE;
