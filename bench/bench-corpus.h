@@ -121,12 +121,15 @@ static inline int bench_write_file(const char *path, const void *data, size_t n)
         return write_full(fd, data, n);
 }
 
-/* Cuts data into n nearly equal files under dir, per_dir of them per subdirectory (0: all in
- * dir), fewer when a file would be shorter than min_len. *ret_n gets the count. */
+/* Cuts data into n nearly equal files under dir (made if missing), per_dir of them per
+ * subdirectory (0: all in dir), fewer when a file would be shorter than min_len. *ret_n
+ * (may be NULL) gets the count. */
 static inline int bench_split_corpus(const char *dir, const uint8_t *data, size_t size, int n,
                                      int per_dir, size_t min_len, int *ret_n) {
         char path[PATH_MAX + 32];
 
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+                return -errno;
         n = (int) MIN((size_t) n, size / MAX(min_len, (size_t) 1));
         if (n < 2)
                 return -ENODATA;

@@ -2021,8 +2021,7 @@ int main(int argc, char **argv) {
                ncpu != 2 ? " (made for 2: the targets assume it)" : "");
         printf("edged %s; corpus %s, %zu bytes; temporary directory %s\n", o.bin, desc, size,
                tmpdir);
-        r = mkdir(data_dir, 0755) < 0 && errno != EEXIST ? -errno
-                                                              : bench_split_corpus(data_dir, data, size, N_FILES, 0, 2 * (TRAIN_T + 1), NULL);
+        r = bench_split_corpus(data_dir, data, size, N_FILES, 0, 2 * (TRAIN_T + 1), NULL);
         if (r >= 0)
                 r = calibrate(&o, data, size, &cal);
         if (r < 0) {
