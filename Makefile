@@ -3,6 +3,8 @@
 #   make demo        build, then a federated run on this machine: an aggregator and three devices
 #   make check       build and run the test suite
 #   make bench       training throughput, MFU and the PyTorch comparison
+#   make fuzz        libFuzzer on every parser, FUZZ_SECONDS=N each (30); fuzz-regress replays
+#                    the inputs of fixed crashes
 #   SANITIZE=1       build with ASan + UBSan (into build/sanitize)
 #   NATIVE=1         add -march=native (the default build runs on any x86-64 / aarch64)
 
@@ -93,7 +95,7 @@ $(BUILD)/bpf/%.skel.h: $(BUILD)/bpf/%.bpf.o
 $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out %.bpf.c,$(wildcard bpf/*.c))): $(BPF_SKELS)
 
 .SECONDARY:
-.PHONY: all check demo bench bench-harvest deps ensure-deps format analyze clean run-tests run-demo \
+.PHONY: all check demo bench bench-harvest fuzz fuzz-regress fuzz-seeds deps ensure-deps format analyze clean run-tests run-demo \
 	run-bench
 
 all: $(PROGRAMS)
@@ -218,5 +220,6 @@ clean:
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
-# install, deb, check-deb: packaging/packaging.mk
+# install, deb, check-deb: packaging/packaging.mk; fuzz, fuzz-regress: fuzz/fuzz.mk
 -include packaging/packaging.mk
+-include fuzz/fuzz.mk

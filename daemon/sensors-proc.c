@@ -238,6 +238,10 @@ int sensors_parse_loadavg(const char *text, sensors_loadavg *ret) {
 
 /* ---- /proc/stat ---- */
 
+/* Eight fields must add up without wrapping (sensors_cpu_times_total): larger is garbage,
+ * not ticks (2^60 jiffies at 1000 Hz are 36 million years). */
+#define CPU_TIME_MAX (UINT64_MAX / 16)
+
 /* The numbers after "cpu" or "cpuN". */
 static int parse_cpu_times(const char *p, const char *end, sensors_cpu_times *ret) {
         sensors_cpu_times t = {};
@@ -251,7 +255,7 @@ static int parse_cpu_times(const char *p, const char *end, sensors_cpu_times *re
                 uint64_t v;
 
                 /* guest and guest_nice (and anything newer) are checked, then dropped. */
-                r = sysfs_parse_uint64_n(tok, n, UINT64_MAX, &v);
+                r = sysfs_parse_uint64_n(tok, n, CPU_TIME_MAX, &v);
                 if (r < 0)
                         return malformed(r);
                 if (i < ARRAY_SIZE(fields))
@@ -352,7 +356,8 @@ int sensors_cpu_usage_between(const sensors_cpu_times *prev, const sensors_cpu_t
 
         if (total == 0)
                 return -EAGAIN;
-        idle = 100.0 * (double) (d.idle + d.iowait) / (double) total;
+        /* rounded in double, idle can come out a hair above 100 once ticks pass 2^53 */
+        idle = MIN(100.0 * (double) (d.idle + d.iowait) / (double) total, 100.0);
         *ret = (sensors_cpu_usage){
                 .idle_pct = idle,
                 .busy_pct = 100.0 - idle,

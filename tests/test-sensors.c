@@ -1041,6 +1041,24 @@ static unsigned count_glob(const char *pattern) {
         return n;
 }
 
+/* Inputs libFuzzer found (fuzz/regress/sysfs): a field that would wrap the totals, and tick
+ * counts past 2^53 where 100 * idle / total rounds above 100. */
+static void test_fuzz_regressions(void **state) {
+        sensors_stat st;
+        sensors_cpu_usage u;
+
+        assert_int_equal(sensors_parse_stat("cpu  7 0 3 6646766676666466666\ncpu0 3 7 5 0\n", &st),
+                         -ERANGE);
+        assert_int_equal(sensors_cpu_usage_between(
+                                 &(sensors_cpu_times) { .user = 3, .nice = 7, .system = 5 },
+                                 &(sensors_cpu_times) { .user = 7, .system = 3,
+                                                        .idle = 895344363714172283ULL },
+                                 &u),
+                         0);
+        assert_true(u.idle_pct == 100.0);
+        assert_true(u.busy_pct == 0.0);
+}
+
 static void test_real_machine(void **state) {
         _cleanup_(sensors_stat_done) sensors_stat a = {};
         _cleanup_(sensors_stat_done) sensors_stat b = {};
@@ -1149,6 +1167,7 @@ int main(void) {
                 cmocka_unit_test(test_parse_stat_garbage),
                 cmocka_unit_test(test_read_helpers),
                 cmocka_unit_test(test_absent_and_broken),
+                cmocka_unit_test(test_fuzz_regressions),
                 cmocka_unit_test(test_real_machine),
         };
         return cmocka_run_group_tests(tests, setup_group, test_tmpdir_remove);
