@@ -131,8 +131,12 @@ int agg_merge_once(agg_store *s, agg_metrics *metrics, bool *ret_merged) {
                 log_info("dropped %zu update(s) more than %d versions behind", n_stale,
                          set->max_staleness);
         }
-        if (k < K)
+        if (k < K) {
+                /* dropping made room: more may be waiting behind them, look again at once
+                 * instead of at the next upload or flush tick */
+                *ret_merged = n_stale > 0;
                 return 0;
+        }
 
         model_layout_init(lay, &set->cfg);
         if ((r = model_new(&set->cfg, 1, set->cfg.block_size, &m)) < 0)
