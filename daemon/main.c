@@ -10,10 +10,13 @@
 
 #include "blas.h"
 #include "checkpoint.h"
+#include "distill.h"
 #include "log.h"
 #include "manager.h"
 #include "macros.h"
 #include "model.h"
+#include "quant-sample.h"
+#include "quantize.h"
 #include "sample.h"
 #include "sense.h"
 #include "train.h"
@@ -39,7 +42,9 @@ static void usage(FILE *f) {
                 "\n"
                 "Commands:\n"
                 "  train    train in the foreground on local files (resumes from --checkpoint)\n"
-                "  sample   generate text from a checkpoint\n"
+                "  sample   generate text from a checkpoint or a quantized model\n"
+                "  quantize write an int8 or int4 copy of a checkpoint for generation\n"
+                "  distill  train a small student on a trained teacher's predictions\n"
                 "  sense    print what edged's sensors see (CPU use, temperature, power)\n"
                 "\n"
                 "Run 'edged COMMAND --help' for a command's options.\n"
@@ -93,11 +98,48 @@ static void usage_sample(FILE *f) {
         fprintf(f,
                 "Usage: edged sample --checkpoint FILE [OPTIONS] [PROMPT]\n"
                 "\n"
-                "  --checkpoint FILE   model to sample from\n"
+                "  --checkpoint FILE   model to sample from: a training checkpoint, or a file\n"
+                "                      written by 'edged quantize' (recognised by its metadata)\n"
                 "  --tokens N          bytes to generate (default 200)\n"
                 "  --temperature T     0 = greedy (default 0.8)\n"
                 "  --top-k K           sample among the K likeliest bytes (default 40; 0 = all)\n"
                 "  --seed N            random seed (default 1)\n");
+}
+
+static void usage_quantize(FILE *f) {
+        fprintf(f,
+                "Usage: edged quantize IN OUT --bits 8|4 [--embed-bits 32|8|4]\n"
+                "\n"
+                "Writes the checkpoint IN's weights to OUT quantized for generation ('edged\n"
+                "sample --checkpoint OUT'): int8 with a scale per row, or int4 in groups of 32\n"
+                "with a 16-bit scale per group. LayerNorm weights and biases stay float.\n"
+                "\n"
+                "  --bits N         8 or 4: the layer matrices\n"
+                "  --embed-bits N   32, 8 or 4: the token and position embeddings (default: --bits)\n");
+}
+
+static void usage_distill(FILE *f) {
+        fprintf(f,
+                "Usage: edged distill --teacher CKPT --data PATH [OPTIONS]\n"
+                "\n"
+                "Trains a student model on a trained teacher's soft predictions (KL divergence\n"
+                "at a temperature) mixed with the ordinary next-byte loss, in the foreground.\n"
+                "Resumes from --checkpoint when it exists; Ctrl-C saves and stops.\n"
+                "\n"
+                "  --teacher FILE         the teacher's checkpoint\n"
+                "  --student-config NAME  tiny (default), small or medium\n"
+                "  --data PATH            file or directory of training text (repeatable)\n"
+                "  --checkpoint FILE      the student's checkpoint, resumed from and saved to\n"
+                "  --steps N              total optimizer steps (default 1000)\n"
+                "  --temperature T        softening of both distributions (default 2)\n"
+                "  --alpha A              weight of the next-byte loss, 1 - A of the teacher's\n"
+                "                         (default 0.5)\n"
+                "  --batch B              sequences per batch (default 8)\n"
+                "  --seq T                sequence length (default: the smaller block size)\n"
+                "  --lr LR, --lr-min LR, --warmup N   schedule (default 1e-3, 1e-4, 50)\n"
+                "  --eval-every N         held-out KL every N steps (default: start and end)\n"
+                "  --threads N            BLAS threads (default: all CPUs)\n"
+                "  --seed N               student initialisation and data order (default 1)\n");
 }
 
 /* Parses a whole decimal number in [min, max]; names the option on error. */
@@ -165,6 +207,11 @@ enum {
         OPT_CONTROL,
         OPT_RUN_SECONDS,
         OPT_PROGRESS_LINES,
+        OPT_BITS,
+        OPT_EMBED_BITS,
+        OPT_TEACHER,
+        OPT_STUDENT_CONFIG,
+        OPT_ALPHA,
 };
 
 static int cmd_train(int argc, char **argv) {
@@ -297,6 +344,7 @@ static int cmd_sample(int argc, char **argv) {
         long n_tokens = 200, v = 0;
         model_config cfg;
         model *m = NULL;
+        quant_model *qm = NULL;
         sampler *s = NULL;
         int c, r = 0;
 
@@ -337,14 +385,27 @@ static int cmd_sample(int argc, char **argv) {
                 log_error("edged sample: one PROMPT only (quote it)");
                 return 2;
         }
-        if (ckpt_read_config(path, &cfg) < 0)
+        /* a file written by 'edged quantize' says so in its metadata */
+        r = quant_file_detect(path);
+        if (r < 0)
                 return 1;
-        blas_set_threads(1);
-        if (model_new(&cfg, 1, 1, &m) < 0 || ckpt_load(path, m, NULL, NULL) < 0 ||
-            sampler_new(m, &s) < 0) {
-                model_free(m);
-                return 1;
+        if (r > 0) {
+                if (quant_load(path, &qm) < 0 || quant_sampler_new(qm, &s) < 0) {
+                        quant_model_free(qm);
+                        return 1;
+                }
+                cfg = qm->layout.cfg;
+        } else {
+                if (ckpt_read_config(path, &cfg) < 0)
+                        return 1;
+                blas_set_threads(1);
+                if (model_new(&cfg, 1, 1, &m) < 0 || ckpt_load(path, m, NULL, NULL) < 0 ||
+                    sampler_new(m, &s) < 0) {
+                        model_free(m);
+                        return 1;
+                }
         }
+        r = 0;
         _cleanup_free_ uint8_t *out = malloc((size_t) n_tokens);
         size_t plen = strlen(prompt);
         if (plen >= (size_t) cfg.block_size) {
@@ -361,7 +422,153 @@ static int cmd_sample(int argc, char **argv) {
         }
         sampler_free(s);
         model_free(m);
+        quant_model_free(qm);
         return r < 0 ? 1 : 0;
+}
+
+static int cmd_quantize(int argc, char **argv) {
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "bits", required_argument, NULL, OPT_BITS },
+                { "embed-bits", required_argument, NULL, OPT_EMBED_BITS },
+                {}
+        };
+        quantize_opts o = { 0 };
+        int c, r = 0;
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        usage_quantize(stdout);
+                        return 0;
+                case OPT_BITS:
+                        r = parse_int("--bits", optarg, 4, 8, &o.bits);
+                        if (r >= 0 && o.bits != 8 && o.bits != 4) {
+                                log_error("--bits: '%s' is not 8 or 4", optarg);
+                                r = -EINVAL;
+                        }
+                        break;
+                case OPT_EMBED_BITS:
+                        r = parse_int("--embed-bits", optarg, 4, 32, &o.embed_bits);
+                        if (r >= 0 && o.embed_bits != 32 && o.embed_bits != 8 && o.embed_bits != 4) {
+                                log_error("--embed-bits: '%s' is not 32, 8 or 4", optarg);
+                                r = -EINVAL;
+                        }
+                        break;
+                default:
+                        return 2;
+                }
+                if (r < 0)
+                        return 2;
+        }
+        if (argc - optind != 2) {
+                log_error("edged quantize: expected IN and OUT files; see 'edged quantize --help'");
+                return 2;
+        }
+        if (o.bits == 0) {
+                log_error("edged quantize: --bits 8 or --bits 4 is required");
+                return 2;
+        }
+        o.input = argv[optind];
+        o.output = argv[optind + 1];
+        return quantize_run(&o) < 0 ? 1 : 0;
+}
+
+static int cmd_distill(int argc, char **argv) {
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "teacher", required_argument, NULL, OPT_TEACHER },
+                { "student-config", required_argument, NULL, OPT_STUDENT_CONFIG },
+                { "data", required_argument, NULL, OPT_DATA },
+                { "checkpoint", required_argument, NULL, OPT_CHECKPOINT },
+                { "steps", required_argument, NULL, OPT_STEPS },
+                { "temperature", required_argument, NULL, OPT_TEMPERATURE },
+                { "alpha", required_argument, NULL, OPT_ALPHA },
+                { "batch", required_argument, NULL, OPT_BATCH },
+                { "seq", required_argument, NULL, OPT_SEQ },
+                { "lr", required_argument, NULL, OPT_LR },
+                { "lr-min", required_argument, NULL, OPT_LR_MIN },
+                { "warmup", required_argument, NULL, OPT_WARMUP },
+                { "eval-every", required_argument, NULL, OPT_EVAL_EVERY },
+                { "threads", required_argument, NULL, OPT_THREADS },
+                { "seed", required_argument, NULL, OPT_SEED },
+                {}
+        };
+        _cleanup_free_ char **data = calloc((size_t) argc, sizeof(char *));
+        distill_opts o;
+        long v = 0;
+        int c, r = 0;
+
+        if (!data)
+                return log_error_errno(ENOMEM, "out of memory");
+        distill_opts_default(&o);
+        o.data_paths = data;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        usage_distill(stdout);
+                        return 0;
+                case OPT_TEACHER:
+                        o.teacher = optarg;
+                        break;
+                case OPT_STUDENT_CONFIG:
+                        o.student_config = optarg;
+                        break;
+                case OPT_DATA:
+                        data[o.n_data_paths++] = optarg;
+                        break;
+                case OPT_CHECKPOINT:
+                        o.checkpoint = optarg;
+                        break;
+                case OPT_STEPS:
+                        r = parse_long("--steps", optarg, 0, LONG_MAX / 2, &o.steps);
+                        break;
+                case OPT_TEMPERATURE:
+                        r = parse_float("--temperature", optarg, 0.05f, 100.0f, &o.temperature);
+                        break;
+                case OPT_ALPHA:
+                        r = parse_float("--alpha", optarg, 0.0f, 1.0f, &o.alpha);
+                        break;
+                case OPT_BATCH:
+                        r = parse_int("--batch", optarg, 1, 4096, &o.batch);
+                        break;
+                case OPT_SEQ:
+                        r = parse_int("--seq", optarg, 1, 8192, &o.seq);
+                        break;
+                case OPT_LR:
+                        r = parse_float("--lr", optarg, 0.0f, 10.0f, &o.lr);
+                        break;
+                case OPT_LR_MIN:
+                        r = parse_float("--lr-min", optarg, 0.0f, 10.0f, &o.lr_min);
+                        break;
+                case OPT_WARMUP:
+                        r = parse_long("--warmup", optarg, 0, LONG_MAX / 2, &o.warmup);
+                        break;
+                case OPT_EVAL_EVERY:
+                        r = parse_long("--eval-every", optarg, 0, LONG_MAX, &o.eval_every);
+                        break;
+                case OPT_THREADS:
+                        r = parse_int("--threads", optarg, 0, 1024, &o.threads);
+                        break;
+                case OPT_SEED:
+                        r = parse_long("--seed", optarg, 0, LONG_MAX, &v);
+                        o.seed = (uint64_t) v;
+                        break;
+                default:
+                        return 2;
+                }
+                if (r < 0)
+                        return 2;
+        }
+        if (optind < argc) {
+                log_error("edged distill: unexpected argument '%s'", argv[optind]);
+                return 2;
+        }
+        if (!o.teacher || o.n_data_paths == 0) {
+                log_error("edged distill: --teacher CKPT and --data PATH are required");
+                return 2;
+        }
+        return distill_run(&o) < 0 ? 1 : 0;
 }
 
 static int cmd_sense(int argc, char **argv) {
@@ -490,6 +697,12 @@ int main(int argc, char **argv) {
                 return cmd_sample(argc - 1, argv + 1);
         if (strcmp(argv[1], "sense") == 0)
                 return cmd_sense(argc - 1, argv + 1);
+        if (strcmp(argv[1], "quantize") == 0)
+                return cmd_quantize(argc - 1, argv + 1);
+        if (strcmp(argv[1], "distill") == 0) {
+                blas_choose_kernel(argv);
+                return cmd_distill(argc - 1, argv + 1);
+        }
         log_error("edged: unknown command '%s'; see 'edged --help'", argv[1]);
         return 2;
 }

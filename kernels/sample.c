@@ -9,20 +9,61 @@
 #include "nn.h"
 
 struct sampler {
-        const model *m;
+        sampler_weights w;
         int pos;
         float *kcache, *vcache; /* (L, T, C) each */
         float *x, *ln, *qkv, *y, *tmp, *h4, *h4g, *scores, *mean_rstd;
 };
 
+/* The float weights of a model, through the same sgemm as training. */
+static void model_matvec(const void *ctx, sampler_matrix which, int l, const float *x,
+                         float *out) {
+        const model *m = ctx;
+        const model_tensors *p = &m->p;
+        int C = m->layout.cfg.n_embd;
+
+        switch (which) {
+        case SAMPLER_QKV:
+                nn_matmul_forward(out, x, p->qkv_w[l], p->qkv_b[l], 1, C, 3 * C);
+                break;
+        case SAMPLER_ATTPROJ:
+                nn_matmul_forward(out, x, p->attproj_w[l], p->attproj_b[l], 1, C, C);
+                break;
+        case SAMPLER_FC:
+                nn_matmul_forward(out, x, p->fc_w[l], p->fc_b[l], 1, C, 4 * C);
+                break;
+        case SAMPLER_FCPROJ:
+                nn_matmul_forward(out, x, p->fcproj_w[l], p->fcproj_b[l], 1, 4 * C, C);
+                break;
+        case SAMPLER_LOGITS:
+                nn_matmul_forward(out, x, p->wte, NULL, 1, C, MODEL_VOCAB);
+                break;
+        }
+}
+
+static void model_embed(const void *ctx, uint8_t token, int pos, float *out) {
+        const model *m = ctx;
+        int C = m->layout.cfg.n_embd;
+        nn_encoder_forward(out, &token, m->p.wte, m->p.wpe + (size_t) pos * C, 1, 1, C);
+}
+
 int sampler_new(const model *m, sampler **ret) {
-        const model_config *cfg = &m->layout.cfg;
+        const sampler_weights w = { .cfg = &m->layout.cfg,
+                                    .p = &m->p,
+                                    .matvec = model_matvec,
+                                    .embed = model_embed,
+                                    .ctx = m };
+        return sampler_new_weights(&w, ret);
+}
+
+int sampler_new_weights(const sampler_weights *w, sampler **ret) {
+        const model_config *cfg = w->cfg;
         size_t C = cfg->n_embd, T = cfg->block_size, L = cfg->n_layer;
         sampler *s = calloc(1, sizeof(*s));
 
         if (!s)
                 return -ENOMEM;
-        s->m = m;
+        s->w = *w;
         s->kcache = calloc(L * T * C, sizeof(float));
         s->vcache = calloc(L * T * C, sizeof(float));
         s->x = calloc(C, sizeof(float));
@@ -97,33 +138,33 @@ static void attend(sampler *s, const float *kc, const float *vc, int C, int H) {
 }
 
 int sampler_feed(sampler *s, uint8_t token, float *ret_logits) {
-        const model *m = s->m;
-        const model_config *cfg = &m->layout.cfg;
-        const model_tensors *p = &m->p;
+        const sampler_weights *w = &s->w;
+        const model_config *cfg = w->cfg;
+        const model_tensors *p = w->p;
         int C = cfg->n_embd, H = cfg->n_head, T = cfg->block_size;
         float *mean = &s->mean_rstd[0], *rstd = &s->mean_rstd[1];
 
         if (s->pos >= T)
                 return -ENOSPC;
-        nn_encoder_forward(s->x, &token, p->wte, p->wpe + (size_t) s->pos * C, 1, 1, C);
+        w->embed(w->ctx, token, s->pos, s->x);
         for (int l = 0; l < cfg->n_layer; l++) {
                 float *kc = s->kcache + (size_t) l * T * C, *vc = s->vcache + (size_t) l * T * C;
 
                 nn_layernorm_forward(s->ln, mean, rstd, s->x, p->ln1_w[l], p->ln1_b[l], 1, C);
-                nn_matmul_forward(s->qkv, s->ln, p->qkv_w[l], p->qkv_b[l], 1, C, 3 * C);
+                w->matvec(w->ctx, SAMPLER_QKV, l, s->ln, s->qkv);
                 memcpy(kc + (size_t) s->pos * C, s->qkv + C, C * sizeof(float));
                 memcpy(vc + (size_t) s->pos * C, s->qkv + 2 * C, C * sizeof(float));
                 attend(s, kc, vc, C, H);
-                nn_matmul_forward(s->tmp, s->y, p->attproj_w[l], p->attproj_b[l], 1, C, C);
+                w->matvec(w->ctx, SAMPLER_ATTPROJ, l, s->y, s->tmp);
                 nn_residual_forward(s->x, s->x, s->tmp, C);
                 nn_layernorm_forward(s->ln, mean, rstd, s->x, p->ln2_w[l], p->ln2_b[l], 1, C);
-                nn_matmul_forward(s->h4, s->ln, p->fc_w[l], p->fc_b[l], 1, C, 4 * C);
+                w->matvec(w->ctx, SAMPLER_FC, l, s->ln, s->h4);
                 nn_gelu_forward(s->h4g, s->h4, 4 * C);
-                nn_matmul_forward(s->tmp, s->h4g, p->fcproj_w[l], p->fcproj_b[l], 1, 4 * C, C);
+                w->matvec(w->ctx, SAMPLER_FCPROJ, l, s->h4g, s->tmp);
                 nn_residual_forward(s->x, s->x, s->tmp, C);
         }
         nn_layernorm_forward(s->ln, mean, rstd, s->x, p->lnf_w, p->lnf_b, 1, C);
-        nn_matmul_forward(ret_logits, s->ln, p->wte, NULL, 1, C, MODEL_VOCAB);
+        w->matvec(w->ctx, SAMPLER_LOGITS, 0, s->ln, ret_logits);
         s->pos++;
         return 0;
 }

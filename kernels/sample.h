@@ -17,8 +17,34 @@ typedef struct {
 
 typedef struct sampler sampler;
 
+/* The matrices the generator multiplies by, per layer; SAMPLER_LOGITS is the tied wte. */
+typedef enum {
+        SAMPLER_QKV,
+        SAMPLER_ATTPROJ,
+        SAMPLER_FC,
+        SAMPLER_FCPROJ,
+        SAMPLER_LOGITS,
+} sampler_matrix;
+
+/* What the generator needs from a model's weights, so that the same KV-cache loop runs over
+ * float weights (sampler_new) or quantized ones (kernels/quant-sample.h). */
+typedef struct {
+        const model_config *cfg;
+        /* LayerNorm weights and biases (ln1, ln2, lnf) are read from here, as floats */
+        const model_tensors *p;
+        /* out = W x + b for matrix 'which' of layer 'layer' (ignored for SAMPLER_LOGITS,
+         * which has no bias) */
+        void (*matvec)(const void *ctx, sampler_matrix which, int layer, const float *x,
+                       float *out);
+        /* out(C) = wte[token] + wpe[pos] */
+        void (*embed)(const void *ctx, uint8_t token, int pos, float *out);
+        const void *ctx;
+} sampler_weights;
+
 /* Reads weights from m (not copied; m must outlive the sampler). */
 int sampler_new(const model *m, sampler **ret);
+/* The same over any weights; *w is copied, what it points to must outlive the sampler. */
+int sampler_new_weights(const sampler_weights *w, sampler **ret);
 void sampler_free(sampler *s);
 
 /* Clears the cache. */
