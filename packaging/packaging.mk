@@ -125,6 +125,7 @@ check-deb: deb
 # that systemd-analyze verify finds the binaries.
 check-units: $(PROGRAMS)
 	$(call need,systemd-analyze,systemd)
+	$(call need,/bin/kill,procps) # the unit reloads with /bin/kill -HUP
 	@rm -rf $(BUILD)/units-check && mkdir -p $(BUILD)/units-check/bin
 	@ln -s $(abspath $(BUILD))/edged $(BUILD)/units-check/bin/edged
 	@ln -s $(if $(HAVE_AGGREGATOR),$(abspath $(BUILD))/edge-aggregator,/bin/true) \
