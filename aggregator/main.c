@@ -397,7 +397,6 @@ static int cmd_status(int argc, char **argv) {
         size_t nv = 0, nd = 0;
         int64_t logged, merged, dropped;
         agg_store *s;
-        int r;
 
         if (argc > 1) {
                 if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -410,10 +409,9 @@ static int cmd_status(int argc, char **argv) {
         }
         if (!set || agg_store_open(arg_store, &s) < 0)
                 return 1;
-        if ((r = agg_store_load_settings(s, set)) < 0 ||
-            (r = agg_store_list_versions(s, 10, &v, &nv)) < 0 ||
-            (r = agg_store_list_devices(s, &d, &nd)) < 0 ||
-            (r = agg_store_update_totals(s, &logged, &merged, &dropped)) < 0) {
+        if (agg_store_load_settings(s, set) < 0 || agg_store_list_versions(s, 10, &v, &nv) < 0 ||
+            agg_store_list_devices(s, &d, &nd) < 0 ||
+            agg_store_update_totals(s, &logged, &merged, &dropped) < 0) {
                 agg_store_free(s);
                 return 1;
         }

@@ -143,7 +143,7 @@ int agg_merge_once(agg_store *s, agg_metrics *metrics, bool *ret_merged) {
                 return log_error_errno(r, "cannot allocate the model");
         if ((r = agg_blob_load_model(agg_store_dir(s), cur.blob, m)) < 0)
                 return r;
-        ds.deltas = calloc(k, sizeof(float *));
+        ds.deltas = calloc(MAX(k, (size_t) 1), sizeof(float *));
         agg = malloc(lay->n_params * sizeof(float));
         if (!ds.deltas || !agg)
                 return -ENOMEM;

@@ -148,7 +148,7 @@ int agg_metrics_render(agg_metrics *m, agg_store *s, char **ret, size_t *ret_siz
         fprintf(f, "edge_updates_total{result=\"accepted\"} %" PRId64 "\n",
                 snap_get(sn, "updates.accepted"));
         for (size_t i = 0; i < sn->n; i++)
-                if (!strncmp(sn->name[i], "updates.", 8) && strcmp(sn->name[i], "updates.accepted"))
+                if (!strncmp(sn->name[i], "updates.", 8) && strcmp(sn->name[i], "updates.accepted") != 0)
                         fprintf(f, "edge_updates_total{result=\"%s\"} %" PRId64 "\n",
                                 sn->name[i] + 8, sn->value[i]);
 

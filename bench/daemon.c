@@ -310,7 +310,7 @@ static bool wait_running(trainer *t) {
 
 /* One pause: decision, then the runnable-thread poll, then the trainer's own figure. */
 static int one_pause(trainer *t, pid_t self, pid_t loader_tid, pause_result *res) {
-        thread_sample before[64], after[64];
+        thread_sample before[64] = { 0 }, after[64] = { 0 };
         unsigned long long run0, wait0, run1 = 0, wait1 = 0;
         double quiet_at = -1, t0;
         bool settled = false, last_loader = false, seen_parked = false;

@@ -1241,7 +1241,8 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         *o = (bench_opts) { .config = "small", .devices = 8, .buffer = 4, .bodies = 4,
                             .seconds = 20, .bound_seconds = 5, .validation_run = true,
                             .corpus = default_corpus };
-        o->tmp = getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp";
+        const char *tmpdir = getenv("TMPDIR");
+        o->tmp = tmpdir && tmpdir[0] ? tmpdir : "/tmp";
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
                 long v = 0;
                 if (c == OPT_DEVICES || c == OPT_BUFFER || c == OPT_BODIES) {

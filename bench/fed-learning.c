@@ -190,6 +190,8 @@ static int split_corpus(const uint8_t *t, size_t size, int devices, int T, shard
                         s->bytes = b;
                         cap[d] = nc;
                 }
+                if (!s->bytes)
+                        return -ENOMEM;
                 memcpy(s->bytes + s->size, t + p, e - p);
                 s->size += e - p;
                 s->turns++;
@@ -679,7 +681,7 @@ int main(int argc, char **argv) {
         b.sched = (lr_schedule) { .lr_max = o.lr, .lr_min = o.lr / 10,
                                   .warmup_steps = MAX(b.total_steps / 20, 1),
                                   .total_steps = b.total_steps };
-        if ((r = model_new(&cfg, o.B, o.T, &b.m)) < 0) {
+        if (model_new(&cfg, o.B, o.T, &b.m) < 0) {
                 rc = EXIT_FAILURE;
                 goto out;
         }

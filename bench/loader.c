@@ -308,7 +308,7 @@ static void print_raw(const raw_result *rows, int n) {
                        r->pread_fallback ? "pread" : "io_uring", r->cold ? "cold" : "warm", cached,
                        r->index_s * 1e3, r->batches, r->seconds, raw_mb_s(r), raw_batches_s(r),
                        (double) r->wait_ns * 1e-6, touched,
-                       (unsigned long long) (r->st.io_errors + r->st.vanished + r->st.shrunk));
+                       (unsigned long long) r->st.io_errors + r->st.vanished + r->st.shrunk);
         }
         printf("MB/s: window bytes delivered, batches * B * (T+1); cached@0: corpus pages in the "
                "page cache at the start (mincore);\nwait ms: time loader_next_batch blocked in "

@@ -233,7 +233,7 @@ void atomic_file_abort(int fd, const char *tmp_path) {
 
 int write_file_atomic(const char *path, mode_t mode, const void *data, size_t size) {
         char *tmp = NULL;
-        int fd, r;
+        int fd = -1, r;
 
         r = atomic_file_open(path, mode, &tmp, &fd);
         if (r < 0)

@@ -774,10 +774,10 @@ int upd_peek(const void *body, size_t size, upd_info *ret_info) {
                 size_t in_pos = in.pos, out_pos = out.pos;
                 size_t z = ZSTD_decompressStream(dctx, &out, &in);
 
-                if (ZSTD_isError(z))
+                /* an error, or the frame ended or input ran out before the header */
+                if (ZSTD_isError(z) ||
+                    (out.pos < out.size && (z == 0 || (in.pos == in_pos && out.pos == out_pos))))
                         r = -EBADMSG;
-                else if (out.pos < out.size && (z == 0 || (in.pos == in_pos && out.pos == out_pos)))
-                        r = -EBADMSG; /* frame ended or input ran out before the header */
         }
         ZSTD_freeDCtx(dctx);
         if (r < 0)

@@ -145,6 +145,7 @@ char *ctl_format_count(double n, char *buf, size_t size) {
                 n /= 1000;
                 i++;
         }
+        i = MAX(i, 0); /* n >= 999.5 here, so the loop ran */
         snprintf(buf, size,
                  fabs(n) < 9.995   ? "%.2f%c"
                  : fabs(n) < 99.95 ? "%.1f%c"
@@ -169,7 +170,7 @@ char *ctl_format_bytes(double n, char *buf, size_t size) {
                 n /= 1024;
                 i++;
         }
-        snprintf(buf, size, "%.1f %s", n, units[i]);
+        snprintf(buf, size, "%.1f %s", n, units[MAX(i, 0)]); /* n >= 1024: the loop ran */
         return buf;
 }
 

@@ -1006,10 +1006,13 @@ int loader_reindex(loader *l) {
 }
 
 int loader_check(loader *l, bool *ret_changed) {
-        lindex *nix;
+        lindex *nix = NULL;
         int r = index_build(l->data_dir, l->T, &nix);
         if (r < 0)
                 return log_warning_errno(r, "loader: check of %s failed: %m", l->data_dir);
+        if (!nix) /* every usable file is gone: keep the old index, its reads count them */
+                return log_warning_errno(ENODATA, "loader: %s has no usable files now; "
+                                                  "keeping the old index", l->data_dir);
         pthread_mutex_lock(&l->idx_lock);
         bool dead = false;
         for (size_t i = 0; i < l->idx->n && !dead; i++)

@@ -165,7 +165,7 @@ static int run_tool(char *out, size_t out_size, ...) {
 static int server_start(pid_t *ret_pid, unsigned *ret_port) {
         char *argv[] = { "edge-aggregator", "--store", store_dir, "serve", "--listen",
                          "127.0.0.1:0", NULL };
-        char buf[512];
+        char buf[512] = "";
         size_t len = 0;
         int p[2];
         double t0 = now_s();
@@ -629,8 +629,9 @@ static void check_database(unsigned *ret_versions, unsigned *ret_rows, unsigned 
                                  (long long) sqlite3_column_int64(st, 3), su->base);
                 if (n_rows == cap) {
                         cap *= 2;
-                        rows = realloc(rows, cap * sizeof(*rows));
-                        assert_non_null(rows);
+                        void *grown = realloc(rows, cap * sizeof(*rows));
+                        assert_non_null(grown);
+                        rows = grown;
                 }
                 row *x = &rows[n_rows++];
                 x->id = sqlite3_column_int64(st, 0);
@@ -701,8 +702,9 @@ static void check_database(unsigned *ret_versions, unsigned *ret_rows, unsigned 
                         unevaluated++;
                 if ((size_t) v == vcap) {
                         vcap *= 2;
-                        blobs = realloc(blobs, vcap * 65);
-                        assert_non_null(blobs);
+                        void *grown = realloc(blobs, vcap * 65);
+                        assert_non_null(grown);
+                        blobs = grown;
                 }
                 snprintf(blobs[v], 65, "%s", (const char *) sqlite3_column_text(st, 1));
                 expect++;
@@ -854,14 +856,14 @@ static void test_kill9_during_merges_and_uploads(void **state) {
         snprintf(buffer, sizeof(buffer), "%d", BUFFER_K);
         snprintf(staleness, sizeof(staleness), "MaxStaleness=%d", MAX_STALENESS);
         if (run_tool(out, sizeof(out), "init", "--config", "tiny", "--buffer", buffer,
-                     "--encoding", "int8", "--seed", "3", "--validation", val_path, NULL) != 0) {
+                     "--encoding", "int8", "--seed", "3", "--validation", val_path, (char *) NULL) != 0) {
                 print_log_tail();
                 fail_msg("edge-aggregator init failed");
         }
         assert_int_equal(run_tool(out, sizeof(out), "set", "RateLimitPerSec=100000",
-                                  "RateLimitBurst=100000", staleness, NULL),
+                                  "RateLimitBurst=100000", staleness, (char *) NULL),
                          0);
-        assert_int_equal(run_tool(out, sizeof(out), "token", "create", "--uses", "3", NULL), 0);
+        assert_int_equal(run_tool(out, sizeof(out), "token", "create", "--uses", "3", (char *) NULL), 0);
         assert_int_equal(sscanf(out, "%32[0-9a-f]", token), 1);
 
         assert_int_equal(server_start(&pid, &port), 0);

@@ -158,7 +158,7 @@ static json_t *ctl_json(const char *first, ...) {
 }
 
 static json_t *status_json(void) {
-        return ctl_json("--json", "status", NULL);
+        return ctl_json("--json", "status", (char *) NULL);
 }
 
 /* Polls status until state (and reason, unless NULL) match; the seconds it took, or -1. */
@@ -166,7 +166,7 @@ static double wait_for(const char *state, const char *reason, double timeout_s) 
         double t0 = now_s();
         do {
                 char *out = NULL;
-                if (ctl(&out, NULL, "--json", "status", NULL) == 0) {
+                if (ctl(&out, NULL, "--json", "status", (char *) NULL) == 0) {
                         json_t *s = json_loads(out, 0, NULL);
                         const char *st = json_string_value(json_object_get(s, "state"));
                         const char *re = json_string_value(json_object_get(s, "reason"));
@@ -199,7 +199,7 @@ static void start_daemon(void) {
         }
         /* listening: status answers (exit 0); bounded */
         double t0 = now_s();
-        while (ctl(NULL, NULL, "status", NULL) != 0) {
+        while (ctl(NULL, NULL, "status", (char *) NULL) != 0) {
                 assert_true(now_s() - t0 < 20);
                 usleep(100 * 1000);
         }
@@ -470,7 +470,7 @@ static void test_usage(void **state) {
         };
         for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
                 int r = ctl(&out, &err, cases[i][0], cases[i][1], cases[i][2], cases[i][3],
-                            cases[i][4], NULL);
+                            cases[i][4], (char *) NULL);
                 printf("edgectl %s %s %s -> %d: %s", cases[i][0], cases[i][1] ?: "",
                        cases[i][1] && cases[i][2] ? cases[i][2] : "", r, err);
                 assert_int_equal(r, 2);
@@ -484,11 +484,11 @@ static void test_usage(void **state) {
         free(out);
         free(err);
 
-        assert_int_equal(ctl_raw(&out, &err, "--version", NULL), 0);
+        assert_int_equal(ctl_raw(&out, &err, "--version", (char *) NULL), 0);
         assert_string_equal(out, "edgectl 0.1.0\n");
         free(out);
         free(err);
-        assert_int_equal(ctl_raw(&out, &err, "--help", NULL), 0);
+        assert_int_equal(ctl_raw(&out, &err, "--help", (char *) NULL), 0);
         assert_true(contains(out, "Usage: edgectl"));
         free(out);
         free(err);
@@ -496,14 +496,14 @@ static void test_usage(void **state) {
                                              "stats",  "watch", "sample", "checkpoint" };
         for (size_t i = 0; i < ARRAY_SIZE(verbs); i++) {
                 char want[64];
-                assert_int_equal(ctl_raw(&out, &err, verbs[i], "--help", NULL), 0);
+                assert_int_equal(ctl_raw(&out, &err, verbs[i], "--help", (char *) NULL), 0);
                 snprintf(want, sizeof(want), "Usage: edgectl %s", verbs[i]);
                 assert_true(contains(out, want));
                 free(out);
                 free(err);
         }
         /* --no-pager is accepted anywhere */
-        assert_int_equal(ctl(&out, &err, "--no-pager", "profile", "--no-pager", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "--no-pager", "profile", "--no-pager", (char *) NULL), 0);
         free(out);
         free(err);
 }
@@ -513,7 +513,7 @@ static void test_not_running(void **state) {
         _cleanup_free_ char *stale = test_tmp_path("stale-socket");
         char *out = NULL, *err = NULL;
 
-        assert_int_equal(ctl_raw(&out, &err, "--socket", gone, "status", NULL), 3);
+        assert_int_equal(ctl_raw(&out, &err, "--socket", gone, "status", (char *) NULL), 3);
         printf("daemon down: %s", err);
         assert_true(contains(err, gone));
         assert_true(contains(err, "systemctl start edged"));
@@ -521,7 +521,7 @@ static void test_not_running(void **state) {
         free(out);
         free(err);
         /* global options after the verb too */
-        assert_int_equal(ctl_raw(&out, &err, "pause", "--socket", gone, NULL), 3);
+        assert_int_equal(ctl_raw(&out, &err, "pause", "--socket", gone, (char *) NULL), 3);
         free(out);
         free(err);
 
@@ -531,7 +531,7 @@ static void test_not_running(void **state) {
         snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", stale);
         assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
         close(fd);
-        assert_int_equal(ctl_raw(&out, &err, "--socket", stale, "--json", "status", NULL), 3);
+        assert_int_equal(ctl_raw(&out, &err, "--socket", stale, "--json", "status", (char *) NULL), 3);
         assert_true(contains(err, "systemctl start edged"));
         assert_string_equal(out, "");
         free(out);
@@ -557,7 +557,7 @@ static void test_status(void **state) {
         json_decref(s);
 
         /* human: aligned, one line per item, no colour in a pipe */
-        assert_int_equal(ctl(&out, &err, "status", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "status", (char *) NULL), 0);
         printf("%s", out);
         static const char *const keys[] = { "State:        running",
                                             "Cores:",
@@ -586,7 +586,7 @@ static void test_pause_resume(void **state) {
 
         need_write_rights();
 
-        assert_int_equal(ctl(&out, &err, "pause", "--for", "1h", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "pause", "--for", "1h", (char *) NULL), 0);
         assert_true(contains(out, "1h"));
         free(out);
         free(err);
@@ -601,13 +601,13 @@ static void test_pause_resume(void **state) {
         assert_true(json_integer_value(until) >= t0 + 3600 - 1 &&
                     json_integer_value(until) <= time(NULL) + 3600 + 1);
         json_decref(s);
-        assert_int_equal(ctl(&out, &err, "status", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "status", (char *) NULL), 0);
         assert_true(contains(out, "paused (user-paused) until"));
         assert_true(strstr(out, "(in 1h)") || strstr(out, "(in 59m"));
         free(out);
         free(err);
 
-        assert_int_equal(ctl(&out, &err, "resume", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "resume", (char *) NULL), 0);
         free(out);
         free(err);
         t = wait_for("running", NULL, 15);
@@ -616,7 +616,7 @@ static void test_pause_resume(void **state) {
 
         /* indefinite, --json: the replies carry state and reason after the change */
         const field after[] = { FE("state", T_STR, states), FE("reason", T_STR, reasons) };
-        json_t *p = ctl_json("pause", "--json", NULL);
+        json_t *p = ctl_json("pause", "--json", (char *) NULL);
         int bad = check_fields("pause reply", p, after, ARRAY_SIZE(after));
         if (json_is_string(json_object_get(p, "state")) &&
             strcmp(json_string_value(json_object_get(p, "state")), "paused") != 0) {
@@ -628,7 +628,7 @@ static void test_pause_resume(void **state) {
         s = status_json();
         assert_true(json_is_null(json_object_get(s, "paused_until")));
         json_decref(s);
-        p = ctl_json("--json", "resume", NULL);
+        p = ctl_json("--json", "resume", (char *) NULL);
         bad += check_fields("resume reply", p, after, ARRAY_SIZE(after));
         json_decref(p);
         assert_true(wait_for("running", NULL, 15) >= 0);
@@ -642,15 +642,15 @@ static void test_profile_policy(void **state) {
 
         need_write_rights();
 
-        assert_int_equal(ctl(&out, &err, "profile", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "profile", (char *) NULL), 0);
         assert_string_equal(out, "balanced\n");
         free(out);
         free(err);
-        assert_int_equal(ctl(&out, &err, "profile", "quiet", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "profile", "quiet", (char *) NULL), 0);
         assert_true(contains(out, "quiet"));
         free(out);
         free(err);
-        j = ctl_json("profile", "--json", NULL);
+        j = ctl_json("profile", "--json", (char *) NULL);
         assert_string_equal(json_string_value(json_object_get(j, "profile")), "quiet");
         json_decref(j);
         j = status_json();
@@ -658,7 +658,7 @@ static void test_profile_policy(void **state) {
         json_decref(j);
 
         /* policy show --json: every knob with value and origin */
-        j = ctl_json("--json", "policy", "show", NULL);
+        j = ctl_json("--json", "policy", "show", (char *) NULL);
         json_t *knobs = json_object_get(j, "knobs"), *k;
         size_t i;
         int bad = 0;
@@ -693,11 +693,11 @@ static void test_profile_policy(void **state) {
         printf("policy show --json: %d mismatch(es)\n", bad);
         assert_int_equal(bad, 0);
 
-        assert_int_equal(ctl(&out, &err, "policy", "set", "MaxCores=1", "MinIdlePercent=50", NULL),
+        assert_int_equal(ctl(&out, &err, "policy", "set", "MaxCores=1", "MinIdlePercent=50", (char *) NULL),
                          0);
         free(out);
         free(err);
-        assert_int_equal(ctl(&out, &err, "policy", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "policy", (char *) NULL), 0);
         printf("%s", out);
         assert_true(contains(out, "KEY"));
         assert_true(contains(out, "ORIGIN"));
@@ -728,19 +728,19 @@ static void test_profile_policy(void **state) {
         }
 
         /* the daemon validates; edgectl reports its reason and fails */
-        assert_int_equal(ctl(&out, &err, "policy", "set", "MaxCores=lots", NULL), 1);
+        assert_int_equal(ctl(&out, &err, "policy", "set", "MaxCores=lots", (char *) NULL), 1);
         printf("policy set MaxCores=lots: %s", err);
         assert_true(contains(err, "MaxCores"));
         free(out);
         free(err);
-        assert_int_equal(ctl(&out, &err, "policy", "set", "NoSuchKnob=1", NULL), 1);
+        assert_int_equal(ctl(&out, &err, "policy", "set", "NoSuchKnob=1", (char *) NULL), 1);
         assert_true(contains(err, "NoSuchKnob"));
         free(out);
         free(err);
-        assert_int_equal(ctl(&out, &err, "policy", "reset", "MinIdlePercent", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "policy", "reset", "MinIdlePercent", (char *) NULL), 0);
         free(out);
         free(err);
-        j = ctl_json("--json", "policy", "show", NULL);
+        j = ctl_json("--json", "policy", "show", (char *) NULL);
         json_array_foreach(json_object_get(j, "knobs"), i, k) {
                 const char *key = json_string_value(json_object_get(k, "key"));
                 if (key && strcmp(key, "MinIdlePercent") == 0)
@@ -753,7 +753,7 @@ static void test_profile_policy(void **state) {
 static void test_stats(void **state) {
         char *out = NULL, *err = NULL;
         time_t now = time(NULL);
-        json_t *s = ctl_json("stats", "--json", NULL);
+        json_t *s = ctl_json("stats", "--json", (char *) NULL);
         const field fields[] = {
                 FN("since", T_INT, 1e9, (double) now + 1),
                 FS("seconds_in_state", T_OBJ),
@@ -802,7 +802,7 @@ static void test_stats(void **state) {
         json_decref(s);
 
         /* --since: a relative time, "today", a Unix time; the reply starts no earlier */
-        s = ctl_json("stats", "--json", "--since", "-1h", NULL);
+        s = ctl_json("stats", "--json", "--since", "-1h", (char *) NULL);
         json_t *since = json_object_get(s, "since");
         if (!json_is_integer(since) || json_integer_value(since) < now - 3600 - 1) {
                 printf("  stats --since -1h: since %lld is before the hour asked for\n",
@@ -810,7 +810,7 @@ static void test_stats(void **state) {
                 bad++;
         }
         json_decref(s);
-        s = ctl_json("stats", "--json", "--since", "today", NULL);
+        s = ctl_json("stats", "--json", "--since", "today", (char *) NULL);
         struct tm tm;
         localtime_r(&now, &tm);
         tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
@@ -822,7 +822,7 @@ static void test_stats(void **state) {
         json_decref(s);
         char unix_time[32];
         snprintf(unix_time, sizeof(unix_time), "%lld", (long long) now - 2);
-        s = ctl_json("stats", "--json", "--since", unix_time, NULL);
+        s = ctl_json("stats", "--json", "--since", unix_time, (char *) NULL);
         since = json_object_get(s, "since");
         json_t *running = json_object_get(json_object_get(s, "seconds_in_state"), "running");
         /* two seconds of history hold at most a couple of seconds of running */
@@ -834,7 +834,7 @@ static void test_stats(void **state) {
         }
         json_decref(s);
 
-        assert_int_equal(ctl(&out, &err, "stats", "--since", "1h", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "stats", "--since", "1h", (char *) NULL), 0);
         printf("%s", out);
         static const char *const keys[] = { "Since:",  "Running:",     "Paused:",
                                             "Off:",    "Transitions:", "Steps:",
@@ -859,7 +859,7 @@ static void test_watch(void **state) {
         double t0 = now_s();
 
         utf8_locale = true;
-        assert_int_equal(ctl(&out, &err, "watch", "--count", "3", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "watch", "--count", "3", (char *) NULL), 0);
         utf8_locale = false;
         double took = now_s() - t0;
         printf("watch --count 3 took %.2f s\n", took);
@@ -884,14 +884,14 @@ static void test_watch(void **state) {
         free(err);
 
         /* C locale: ASCII only */
-        assert_int_equal(ctl(&out, &err, "watch", "--count", "2", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "watch", "--count", "2", (char *) NULL), 0);
         assert_true(only_ascii(out));
         assert_true(strstr(out, "\nLoss        _") || strstr(out, "\nLoss        #"));
         free(out);
         free(err);
 
         /* --json: one status object per line */
-        assert_int_equal(ctl(&out, &err, "--json", "watch", "--count", "2", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "--json", "watch", "--count", "2", (char *) NULL), 0);
         char *nl = strchr(out, '\n');
         assert_non_null(nl);
         *nl = 0;
@@ -997,14 +997,14 @@ static void test_sample(void **state) {
         char *out = NULL, *err = NULL;
 
         int r = ctl(&out, &err, "sample", "--tokens", "20", "--temperature", "0.5", "--seed", "7",
-                    "line ", NULL);
+                    "line ", (char *) NULL);
         printf("sample -> %d: %s%s", r, out, err);
         assert_int_equal(r, 0);
         assert_true(strlen(out) >= 2); /* some text and a newline */
         free(out);
         free(err);
         json_t *j =
-                ctl_json("--json", "sample", "--tokens", "16", "--temperature", "0", "the", NULL);
+                ctl_json("--json", "sample", "--tokens", "16", "--temperature", "0", "the", (char *) NULL);
         json_t *text = json_object_get(j, "text");
         assert_true(json_is_string(text));
         assert_true(json_string_length(text) >= 1 && json_string_length(text) <= 16 * 4);
@@ -1026,7 +1026,7 @@ static void test_checkpoint(void **state) {
 
         need_write_rights();
 
-        json_t *j = ctl_json("--json", "checkpoint", "save", NULL);
+        json_t *j = ctl_json("--json", "checkpoint", "save", (char *) NULL);
         json_t *cp = json_object_get(j, "checkpoint");
         bad += check_fields("checkpoint-save.checkpoint", cp, checkpoint_fields,
                             ARRAY_SIZE(checkpoint_fields));
@@ -1036,7 +1036,7 @@ static void test_checkpoint(void **state) {
         assert_int_equal(st.st_mode & 0777, 0640); /* group edged may read it */
         json_decref(j);
 
-        j = ctl_json("checkpoint", "list", "--json", NULL);
+        j = ctl_json("checkpoint", "list", "--json", (char *) NULL);
         json_t *list = json_object_get(j, "checkpoints"), *c;
         size_t i;
         assert_true(json_array_size(list) >= 1);
@@ -1053,7 +1053,7 @@ static void test_checkpoint(void **state) {
         }
         json_decref(j);
 
-        assert_int_equal(ctl(&out, &err, "checkpoint", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "checkpoint", (char *) NULL), 0);
         printf("%s", out);
         assert_true(contains(out, "PATH"));
         assert_true(contains(out, "checkpoint.safetensors"));
@@ -1061,7 +1061,7 @@ static void test_checkpoint(void **state) {
         free(err);
 
         /* export: a complete safetensors file, atomically: nothing else left behind */
-        assert_int_equal(ctl(&out, &err, "checkpoint", "export", export, NULL), 0);
+        assert_int_equal(ctl(&out, &err, "checkpoint", "export", export, (char *) NULL), 0);
         printf("%s", out);
         assert_true(contains(out, export));
         free(out);
@@ -1077,14 +1077,14 @@ static void test_checkpoint(void **state) {
         assert_true(header > 2 && 8 + header < (uint64_t) st.st_size);
         assert_int_equal(fgetc(f), '{');
         fclose(f);
-        j = ctl_json("--json", "checkpoint", "list", NULL);
+        j = ctl_json("--json", "checkpoint", "list", (char *) NULL);
         json_array_foreach(json_object_get(j, "checkpoints"), i, c) {
                 if (i == 0)
                         assert_int_equal(json_integer_value(json_object_get(c, "bytes")),
                                          st.st_size);
         }
         json_decref(j);
-        assert_int_equal(ctl(&out, &err, "checkpoint", "export", "/nonexistent-dir/x", NULL), 1);
+        assert_int_equal(ctl(&out, &err, "checkpoint", "export", "/nonexistent-dir/x", (char *) NULL), 1);
         assert_true(contains(err, "/nonexistent-dir/x"));
         free(out);
         free(err);
@@ -1113,14 +1113,14 @@ static void test_permission(void **state) {
                 assert_string_not_equal(*m, pw->pw_name); /* must not be a member */
 
         /* reading is for everyone */
-        assert_int_equal(ctl_as(uid, gid, &out, &err, "status", NULL), 0);
+        assert_int_equal(ctl_as(uid, gid, &out, &err, "status", (char *) NULL), 0);
         free(out);
         free(err);
         /* a socket below a directory the caller may not enter: exit 4 as well */
         _cleanup_free_ char *private = test_tmp_path("private");
         _cleanup_free_ char *hidden = test_tmp_path("private/control");
         assert_int_equal(mkdir(private, 0700), 0);
-        int r = ctl_as(uid, gid, &out, &err, "--socket", hidden, "status", NULL);
+        int r = ctl_as(uid, gid, &out, &err, "--socket", hidden, "status", (char *) NULL);
         printf("as %s, socket in a 0700 directory: %d: %s", pw->pw_name, r, err);
         assert_int_equal(r, 4);
         assert_true(contains(err, hidden));
@@ -1132,7 +1132,7 @@ static void test_permission(void **state) {
                                                  { "profile", "performance" },
                                                  { "policy", "reset" } };
         for (size_t i = 0; i < ARRAY_SIZE(writes); i++) {
-                r = ctl_as(uid, gid, &out, &err, writes[i][0], writes[i][1], writes[i][2], NULL);
+                r = ctl_as(uid, gid, &out, &err, writes[i][0], writes[i][1], writes[i][2], (char *) NULL);
                 printf("as %s: edgectl %s -> %d: %s", pw->pw_name, writes[i][0], r, err);
                 assert_int_equal(r, 4);
                 assert_true(contains(err, "group 'edged'"));
@@ -1149,22 +1149,22 @@ static void test_restart_persists(void **state) {
         need_write_rights();
 
         /* from test_profile_policy: profile quiet and MaxCores=1 as runtime overrides */
-        assert_int_equal(ctl(&out, &err, "pause", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "pause", (char *) NULL), 0);
         free(out);
         free(err);
         assert_true(wait_for("paused", "user-paused", TRANSITION_TIMEOUT_S) >= 0);
         stop_daemon();
         printf("daemon stopped; edgectl now says:\n");
-        assert_int_equal(ctl(&out, &err, "status", NULL), 3);
+        assert_int_equal(ctl(&out, &err, "status", (char *) NULL), 3);
         printf("%s", err);
         free(out);
         free(err);
         start_daemon();
 
-        j = ctl_json("profile", "--json", NULL);
+        j = ctl_json("profile", "--json", (char *) NULL);
         assert_string_equal(json_string_value(json_object_get(j, "profile")), "quiet");
         json_decref(j);
-        j = ctl_json("--json", "policy", NULL);
+        j = ctl_json("--json", "policy", (char *) NULL);
         bool found = false;
         json_array_foreach(json_object_get(j, "knobs"), i, k) {
                 const char *key = json_string_value(json_object_get(k, "key"));
@@ -1177,7 +1177,7 @@ static void test_restart_persists(void **state) {
         }
         json_decref(j);
         if (!found) { /* a daemon without "knobs": its listing must still say so */
-                assert_int_equal(ctl(&out, &err, "policy", NULL), 0);
+                assert_int_equal(ctl(&out, &err, "policy", (char *) NULL), 0);
                 assert_true(contains(out, "MaxCores = 1"));
                 free(out);
                 free(err);
@@ -1191,14 +1191,14 @@ static void test_restart_persists(void **state) {
         json_decref(j);
 
         /* reset everything; resume */
-        assert_int_equal(ctl(&out, &err, "policy", "reset", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "policy", "reset", (char *) NULL), 0);
         free(out);
         free(err);
-        assert_int_equal(ctl(&out, &err, "profile", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "profile", (char *) NULL), 0);
         assert_string_equal(out, "balanced\n");
         free(out);
         free(err);
-        assert_int_equal(ctl(&out, &err, "resume", NULL), 0);
+        assert_int_equal(ctl(&out, &err, "resume", (char *) NULL), 0);
         free(out);
         free(err);
         t = wait_for("running", NULL, 15);
