@@ -4,6 +4,8 @@
 #include "trainer.h"
 
 #include <dirent.h>
+#include <glob.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <errno.h>
 #include <math.h>
@@ -128,14 +130,26 @@ static char *with_suffix(const char *path, const char *suffix) {
 
 /* The newest checkpoint is kept as <name>.prev while the next one is written, so a newest
  * one found corrupt later still leaves a good one to resume from. */
+/* The newest checkpoint becomes <name>.prev through a hard link and a rename, so that at every
+ * instant <name> is a complete checkpoint (a kill between two renames once left only .prev);
+ * then the new one replaces <name> atomically. Without hard links (vfat) the old way: rename
+ * to .prev, and back if the save fails. */
 static void save(trainer *t) {
-        _cleanup_free_ char *prev = NULL;
-        bool rotated;
+        _cleanup_free_ char *prev = NULL, *prev_tmp = NULL;
+        bool rotated = false;
         int r;
 
-        if (!t->c.checkpoint || !(prev = with_suffix(t->c.checkpoint, ".prev")))
+        if (!t->c.checkpoint || !(prev = with_suffix(t->c.checkpoint, ".prev")) ||
+            !(prev_tmp = with_suffix(t->c.checkpoint, ".prev.tmp")))
                 return;
-        rotated = rename(t->c.checkpoint, prev) == 0;
+        (void) unlink(prev_tmp);
+        if (link(t->c.checkpoint, prev_tmp) == 0) {
+                (void) rename(prev_tmp, prev);
+                /* rename() between two links of one file succeeds doing nothing */
+                (void) unlink(prev_tmp);
+        }
+        else if (errno != ENOENT)
+                rotated = rename(t->c.checkpoint, prev) == 0;
         r = ckpt_save(t->c.checkpoint, t->m, &t->opt, &t->cs);
         if (r < 0 && rotated)
                 (void) rename(prev, t->c.checkpoint); /* the last good one stays the newest */
@@ -172,12 +186,33 @@ static int load_or_quarantine(trainer *t, const char *path) {
         return -ENOENT;
 }
 
+/* A kill in the middle of a save leaves its temporary file (".#<name>.XXXXXX", tens of MB)
+ * and maybe <name>.prev.tmp behind; nothing else ever removes them. */
+static void remove_leftovers(const char *checkpoint) {
+        _cleanup_free_ char *dir_copy = strdup(checkpoint), *base_copy = strdup(checkpoint);
+        _cleanup_free_ char *pattern = NULL, *prev_tmp = with_suffix(checkpoint, ".prev.tmp");
+        glob_t g;
+
+        if (!dir_copy || !base_copy ||
+            asprintf(&pattern, "%s/.#%s.*", dirname(dir_copy), basename(base_copy)) < 0)
+                return;
+        if (glob(pattern, GLOB_NOSORT, NULL, &g) == 0) {
+                for (size_t i = 0; i < g.gl_pathc; i++)
+                        if (unlink(g.gl_pathv[i]) == 0)
+                                log_info("removed %s, left by an interrupted save", g.gl_pathv[i]);
+                globfree(&g);
+        }
+        if (prev_tmp)
+                (void) unlink(prev_tmp);
+}
+
 static int resume(trainer *t) {
         const trainer_config *c = &t->c;
         _cleanup_free_ char *prev = NULL;
         int r;
 
         if (c->checkpoint) {
+                remove_leftovers(c->checkpoint);
                 r = load_or_quarantine(t, c->checkpoint);
                 if (r != -ENOENT)
                         return r;
