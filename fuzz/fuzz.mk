@@ -28,7 +28,7 @@ FUZZ_CFLAGS := $(filter-out -O% -MMD -MP -Werror,$(CFLAGS)) -O1 -g -fno-omit-fra
 	-Wno-format-nonliteral -Wno-unused-variable -Wno-unused-command-line-argument -MMD -MP
 FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_DIR)/obj/%.o)
 
-.PHONY: fuzz fuzz-build fuzz-regress fuzz-seeds
+.PHONY: fuzz fuzz-build fuzz-deps fuzz-regress fuzz-seeds
 
 # A library source clang cannot build (gcc-only builtins) is left out with a warning rather
 # than failing every harness: the archive only has to hold what the harnesses link, and a
@@ -53,6 +53,15 @@ $(FUZZ_DIR)/obj/fuzz/%.o: fuzz/%.c
 
 $(FUZZ_DIR)/fuzz-%: $(FUZZ_DIR)/obj/fuzz/fuzz-%.o $(FUZZ_DIR)/libedge-fuzz.a
 	$(FUZZ_CC) $(FUZZ_SANITIZE) -o $@ $^ $(LDLIBS)
+
+# libFuzzer's runtime is not pulled in by Debian's clang package: install it when missing.
+fuzz-deps:
+	@dpkg -s libclang-rt-14-dev >/dev/null 2>&1 || \
+		{ echo "fuzz: libFuzzer's runtime missing; installing libclang-rt-14-dev"; \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y \
+			--no-install-recommends clang-14 libclang-rt-14-dev; }
+
+$(FUZZ_BINS): | fuzz-deps
 
 fuzz-build: $(FUZZ_BINS)
 
