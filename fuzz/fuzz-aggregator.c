@@ -165,6 +165,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port),
                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         struct timeval tv = { .tv_sec = 20 };
+        struct linger reset = { .l_onoff = 1, .l_linger = 0 };
         char sink[65536];
         bool first = true;
         buf req;
@@ -174,10 +175,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 return -1;
         req = build_request(data, size);
         fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        /* Closing with a reset leaves no TIME_WAIT behind: a thousand connections a second
+         * would otherwise use up the ephemeral ports within a minute. */
         if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
-            connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset)) < 0) {
+                perror("aggregator: socket");
                 abort();
+        }
+        for (int tries = 0; connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0; tries++) {
+                if ((errno != EADDRNOTAVAIL && errno != EINTR) || tries == 200) {
+                        perror("aggregator: connect");
+                        abort();
+                }
+                usleep(10000);
+        }
         for (size_t off = 0; off < req.n;) {
                 ssize_t k = send(fd, req.p + off, req.n - off, MSG_NOSIGNAL);
                 if (k < 0) {

@@ -79,7 +79,7 @@ fuzz: fuzz-build
 			$(FUZZ_ARGS) $$work >$$log 2>&1; then st=ok; else st=FAILED; failed="$$failed $$t"; fi; \
 		execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log | tail -n1); \
 		printf '  FUZZ    %-12s %s executions in %s s: %s\n' $$t "$${execs:-?}" $(FUZZ_SECONDS) $$st; \
-		if [ $$st = FAILED ]; then grep -E -A40 '^==[0-9]+==ERROR|runtime error|^SUMMARY' $$log | head -n 60; \
+		if [ $$st = FAILED ]; then grep -E -B8 -A40 '^==[0-9]+== ?ERROR|runtime error|^SUMMARY' $$log | grep -v '^ *#[0-9]' | head -n 60; \
 			ls $$art; fi; \
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed (logs: $(FUZZ_DIR)/fuzz-<target>.log)"; exit 1; fi
