@@ -70,7 +70,8 @@ typedef struct {
         const char *config, *corpus;
         int devices, buffer, local_steps, rounds, B, T, threads, warmup;
         float lr, weight_decay, topk, server_lr;
-        bool quick;
+        bool quick, fedadam;
+        unsigned only; /* bit per run (0: all) */
 } bench_opts;
 
 typedef enum { RUN_CENTRAL = -1 } run_kind; /* else an upd_encoding */
@@ -223,7 +224,8 @@ typedef struct {
         long total_steps;
         int val_batches;
         uint8_t *tok, *tgt;
-        float *init; /* version 0 */
+        float *init;           /* version 0 */
+        float *adam_m, *adam_v; /* FedAdam's moments, fresh per run */
 } bench_ctx;
 
 static int val_loss(bench_ctx *b, double *ret) {
@@ -308,7 +310,10 @@ static int server_merge(bench_ctx *b, fedbuff *fb, float *server, uint64_t *vers
         if ((r = agg_weights(tokens, tau, k, w)) < 0 ||
             (r = agg_aggregate(d, w, k, b->lay->n_params, 0.0, agg)) < 0)
                 return r;
-        agg_fedavg(server, agg, b->lay->n_params, b->o->server_lr);
+        if (b->o->fedadam)
+                agg_fedadam(server, b->adam_m, b->adam_v, agg, b->lay->n_params, b->o->server_lr);
+        else
+                agg_fedavg(server, agg, b->lay->n_params, b->o->server_lr);
         (*version)++;
         res->merges++;
         return 0;
@@ -365,6 +370,14 @@ static int run_federated(bench_ctx *b, upd_encoding enc, run_result *res) {
                 goto out;
         }
         memcpy(server, b->init, n * sizeof(float));
+        free(b->adam_m);
+        free(b->adam_v);
+        b->adam_m = calloc(n, sizeof(float));
+        b->adam_v = calloc(n, sizeof(float));
+        if (!b->adam_m || !b->adam_v) {
+                r = -ENOMEM;
+                goto out;
+        }
         adamw_hparams_default(&hp);
         hp.weight_decay = o->weight_decay;
         for (int i = 0; i < o->buffer; i++)
@@ -486,14 +499,17 @@ static void usage(FILE *f) {
               "  --lr X              peak learning rate (default 0.002)\n"
               "  --topk X            top-k fraction (default 0.01)\n"
               "  --threads N         BLAS threads (default 2)\n"
-              "  --server-lr X       FedAvg server learning rate (default 1.0)\n"
+              "  --server-lr X       server learning rate (default 1.0; FedAdam 0.01)\n"
+              "  --server-opt NAME   fedavg (default) or fedadam\n"
+              "  --only LIST         run only these of central,fp32,int8,topk\n"
               "  --quick             fewer rounds (about a minute)\n",
               f);
 }
 
 static int parse_args(int argc, char **argv, bench_opts *o) {
         enum { OPT_CORPUS = 0x100, OPT_CONFIG, OPT_DEVICES, OPT_BUFFER, OPT_LOCAL, OPT_ROUNDS,
-               OPT_LR, OPT_TOPK, OPT_THREADS, OPT_QUICK, OPT_SERVER_LR };
+               OPT_LR, OPT_TOPK, OPT_THREADS, OPT_QUICK, OPT_SERVER_LR, OPT_SERVER_OPT,
+               OPT_ONLY };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "corpus", required_argument, NULL, OPT_CORPUS },
@@ -508,9 +524,12 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                 { "threads", required_argument, NULL, OPT_THREADS },
                 { "quick", no_argument, NULL, OPT_QUICK },
                 { "server-lr", required_argument, NULL, OPT_SERVER_LR },
+                { "server-opt", required_argument, NULL, OPT_SERVER_OPT },
+                { "only", required_argument, NULL, OPT_ONLY },
                 {}
         };
-        bool rounds_set = false;
+        static const char *const run_names[] = { "central", "fp32", "int8", "topk" };
+        bool rounds_set = false, server_lr_set = false;
         model_config cfg;
         char *end;
         int c;
@@ -586,6 +605,23 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                         if (end == optarg || *end || !(d > 0 && d <= 100))
                                 return -EINVAL;
                         o->server_lr = (float) d;
+                        server_lr_set = true;
+                        break;
+                case OPT_SERVER_OPT:
+                        if (strcmp(optarg, "fedavg") && strcmp(optarg, "fedadam"))
+                                return -EINVAL;
+                        o->fedadam = !strcmp(optarg, "fedadam");
+                        break;
+                case OPT_ONLY:
+                        for (char *save = NULL, *t = strtok_r(optarg, ",", &save); t;
+                             t = strtok_r(NULL, ",", &save)) {
+                                size_t i = 0;
+                                while (i < ARRAY_SIZE(run_names) && strcmp(t, run_names[i]))
+                                        i++;
+                                if (i == ARRAY_SIZE(run_names))
+                                        return -EINVAL;
+                                o->only |= 1u << i;
+                        }
                         break;
                 default:
                         return -EINVAL;
@@ -593,6 +629,8 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         }
         if (optind < argc)
                 return -EINVAL;
+        if (o->fedadam && !server_lr_set)
+                o->server_lr = 0.01f;
         if (o->quick && !rounds_set)
                 o->rounds = 4;
         model_config_by_name(o->config, &cfg);
@@ -719,13 +757,16 @@ int main(int argc, char **argv) {
         printf("centralized: %ld steps = %.2f M tokens on the union of the shards\n",
                b.total_steps, (double) b.total_steps * o.B * o.T / 1e6);
         printf("federated: %d devices x %d rounds x %d local steps (same tokens), FedBuff K=%d, "
-               "server FedAvg lr %g,\n  MaxStaleness %d, device speeds 1.0..1.5, AdamW state "
+               "server %s lr %g,\n  MaxStaleness %d, device speeds 1.0..1.5, AdamW state "
                "kept per device across rounds; top-k %g %% with error feedback\n\n",
-               o.devices, o.rounds, o.local_steps, o.buffer, (double) o.server_lr, MAX_STALENESS,
+               o.devices, o.rounds, o.local_steps, o.buffer, o.fedadam ? "FedAdam" : "FedAvg",
+               (double) o.server_lr, MAX_STALENESS,
                (double) o.topk * 100);
         fflush(stdout);
 
         for (int i = 0; i < 4 && !interrupted; i++) {
+                if (o.only && !(o.only & (1u << i)))
+                        continue;
                 r = runs[i].kind == RUN_CENTRAL ? run_central(&b, &runs[i])
                                                  : run_federated(&b, (upd_encoding) runs[i].kind,
                                                                  &runs[i]);
@@ -743,7 +784,8 @@ int main(int argc, char **argv) {
                "trainloss", "/central", "uplink/dev", "fp32/x", "stale avg/max", "merges", "drop",
                "wall s");
         for (int i = 0; i < 4; i++)
-                print_row(&runs[i], &runs[0], &runs[1]);
+                if (!o.only || (o.only & (1u << i)))
+                        print_row(&runs[i], &runs[0], &runs[1]);
         printf("val loss: mean over the held-out windows; trainloss: last 10 %% of steps "
                "(centralized) or all device steps;\nuplink/dev: sum of a device's update bodies "
                "(mean over devices)\n\n");
@@ -775,6 +817,8 @@ out:
         free(b.tok);
         free(b.tgt);
         free(b.init);
+        free(b.adam_m);
+        free(b.adam_v);
         model_free(b.m);
         free(text);
         if (interrupted)
