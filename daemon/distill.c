@@ -11,6 +11,7 @@
 
 #include "blas.h"
 #include "corpus.h"
+#include "idle-sched.h"
 #include "log.h"
 #include "macros.h"
 #include "time-util.h"
@@ -169,6 +170,15 @@ int distill_run(const distill_opts *o) {
                 return log_error_errno(EINVAL, "--temperature must be > 0, --alpha in [0, 1]");
         T = o->seq > 0 ? MIN(o->seq, cfg.block_size) : cfg.block_size;
         blas_set_threads(o->threads > 0 ? o->threads : (int) sysconf(_SC_NPROCESSORS_ONLN));
+        /* after the BLAS pool has its threads: they do the work */
+        if (!o->normal_priority) {
+                r = idle_sched_all_threads(0);
+                if (r < 0)
+                        log_warning_errno(r, "cannot run at SCHED_IDLE, going on at normal "
+                                             "priority: %m");
+                else
+                        log_info("running at SCHED_IDLE: only CPU time nothing else wants");
+        }
         r = load_teacher(o, B, &T, &teacher);
         if (r < 0)
                 return r;

@@ -2,8 +2,8 @@
 #pragma once
 
 /* Knowledge distillation ("edged distill"): a student model learns from a trained teacher's
- * soft targets as well as from the bytes themselves. Foreground only, like "edged train";
- * the service does not run it and the aggregator does not publish students.
+ * soft targets as well as from the bytes themselves. A foreground command, but at SCHED_IDLE
+ * like the service's trainer, so it only takes CPU time nothing else wants.
  *
  * Per position, with student logits z, teacher logits t, target byte y, temperature T and
  * weight alpha (softmax_T(x) = softmax(x / T)):
@@ -12,6 +12,7 @@
  *   dL/dz = [alpha * (softmax(z) - onehot(y)) + (1 - alpha) * T * (softmax_T(z) - softmax_T(t))] / N
  * (the T^2 keeps the soft term's gradient scale independent of T, as in Hinton et al. 2015). */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,6 +55,7 @@ typedef struct {
         uint64_t seed;
         long eval_every; /* steps; 0: only at the start and the end */
         size_t max_data_bytes;
+        bool normal_priority; /* false: every thread at SCHED_IDLE, as the trainer */
 } distill_opts;
 
 void distill_opts_default(distill_opts *o);

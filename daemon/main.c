@@ -123,7 +123,8 @@ static void usage_distill(FILE *f) {
                 "Usage: edged distill --teacher CKPT --data PATH [OPTIONS]\n"
                 "\n"
                 "Trains a student model on a trained teacher's soft predictions (KL divergence\n"
-                "at a temperature) mixed with the ordinary next-byte loss, in the foreground.\n"
+                "at a temperature) mixed with the ordinary next-byte loss, in the foreground,\n"
+                "in idle cycles only (SCHED_IDLE, like the service's trainer).\n"
                 "Resumes from --checkpoint when it exists; Ctrl-C saves and stops.\n"
                 "\n"
                 "  --teacher FILE         the teacher's checkpoint\n"
@@ -139,7 +140,8 @@ static void usage_distill(FILE *f) {
                 "  --lr LR, --lr-min LR, --warmup N   schedule (default 1e-3, 1e-4, 50)\n"
                 "  --eval-every N         held-out KL every N steps (default: start and end)\n"
                 "  --threads N            BLAS threads (default: all CPUs)\n"
-                "  --seed N               student initialisation and data order (default 1)\n");
+                "  --seed N               student initialisation and data order (default 1)\n"
+                "  --normal-priority      compete for the CPU like any program (no SCHED_IDLE)\n");
 }
 
 /* Parses a whole decimal number in [min, max]; names the option on error. */
@@ -212,6 +214,7 @@ enum {
         OPT_TEACHER,
         OPT_STUDENT_CONFIG,
         OPT_ALPHA,
+        OPT_NORMAL_PRIORITY,
 };
 
 static int cmd_train(int argc, char **argv) {
@@ -492,6 +495,7 @@ static int cmd_distill(int argc, char **argv) {
                 { "eval-every", required_argument, NULL, OPT_EVAL_EVERY },
                 { "threads", required_argument, NULL, OPT_THREADS },
                 { "seed", required_argument, NULL, OPT_SEED },
+                { "normal-priority", no_argument, NULL, OPT_NORMAL_PRIORITY },
                 {}
         };
         _cleanup_free_ char **data = calloc((size_t) argc, sizeof(char *));
@@ -553,6 +557,9 @@ static int cmd_distill(int argc, char **argv) {
                 case OPT_SEED:
                         r = parse_long("--seed", optarg, 0, LONG_MAX, &v);
                         o.seed = (uint64_t) v;
+                        break;
+                case OPT_NORMAL_PRIORITY:
+                        o.normal_priority = true;
                         break;
                 default:
                         return 2;

@@ -3,7 +3,6 @@
 #include "train-step.h"
 #include "trainer.h"
 
-#include <dirent.h>
 #include <glob.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -20,6 +19,7 @@
 
 #include "blas.h"
 #include "checkpoint.h"
+#include "idle-sched.h"
 #include "log.h"
 #include "macros.h"
 
@@ -65,40 +65,8 @@ struct trainer {
 };
 
 
-static int set_idle(pid_t tid) {
-        struct sched_param p = { 0 };
-        return sched_setscheduler(tid, SCHED_IDLE, &p) < 0 ? -errno : 0;
-}
-
-/* Calls fn for every thread of this process except keep. */
-static int for_each_thread(pid_t keep, int (*fn)(pid_t tid, void *userdata), void *userdata) {
-        DIR *d = opendir("/proc/self/task");
-        struct dirent *de;
-        int r = 0;
-
-        if (!d)
-                return -errno;
-        while ((de = readdir(d))) {
-                char *end;
-                long tid = strtol(de->d_name, &end, 10);
-                if (end == de->d_name || *end || tid == keep)
-                        continue;
-                r = fn((pid_t) tid, userdata);
-                if (r < 0)
-                        break;
-        }
-        closedir(d);
-        return r;
-}
-
-static int idle_one(pid_t tid, void *userdata) {
-        int r = set_idle(tid);
-        /* a thread that ended between the listing and now is no longer ours to worry about */
-        return r == -ESRCH ? 0 : r;
-}
-
 int trainer_idle_threads(trainer *t) {
-        return for_each_thread(t->keep_tid, idle_one, NULL);
+        return idle_sched_all_threads(t->keep_tid);
 }
 
 typedef struct {
@@ -116,7 +84,7 @@ static int collect_one(pid_t tid, void *userdata) {
 
 int trainer_harvester_tids(trainer *t, pid_t *tids, size_t max, size_t *ret_n) {
         tid_list l = { .tids = tids, .max = max };
-        int r = for_each_thread(t->keep_tid, collect_one, &l);
+        int r = process_for_each_thread(t->keep_tid, collect_one, &l);
         if (r < 0)
                 return r;
         *ret_n = MIN(l.n, max);
@@ -397,7 +365,7 @@ static void *thread_main(void *arg) {
         trainer *t = arg;
 
         /* before any BLAS call from here, so threads it starts inherit the class */
-        set_idle(0);
+        idle_sched_thread(0);
         t->last_save = mono_now_s();
         while (park_while_paused(t)) {
                 int r = one_step(t);
