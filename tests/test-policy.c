@@ -122,11 +122,11 @@ typedef struct {
 static const policy_case cases[] = {
         /* ---- idleness: start threshold, window filling, harvester share ---- */
         ROW("idle: exactly MinIdlePercent starts", KNOBS(), IN(IDLE(60)), PREV(.hist_pct = 60),
-            RUN(4, true)),
+            RUN(5, true)), /* 4.8 cores: the fifth is 80 % free */
         ROW("idle: one below MinIdlePercent", KNOBS(), IN(IDLE(59)), PREV(.hist_pct = 59),
             PAUSE(NOT_IDLE, false)),
         ROW("idle: one above MinIdlePercent", KNOBS(), IN(IDLE(61)), PREV(.hist_pct = 61),
-            RUN(4, true)),
+            RUN(5, true)),
         ROW("idle: harvester share counts as available", KNOBS(),
             IN(.sample.idle_pct = 30, .sample.harvester_pct = 40, .sample.foreground_pct = 30),
             PREV(.hist_pct = 70), RUN(5, true)),
@@ -711,11 +711,12 @@ static void test_helpers(void **unused) {
 
         assert_int_equal(policy_idle_cores(8, 0), 1);
         assert_int_equal(policy_idle_cores(8, 12.5), 1);
-        assert_int_equal(policy_idle_cores(8, 23.7), 1); /* 1.896 cores free */
-        assert_int_equal(policy_idle_cores(8, 23.8), 2); /* 1.904: the second is 90 % free */
+        assert_int_equal(policy_idle_cores(8, 21.8), 1); /* 1.744 cores free */
+        assert_int_equal(policy_idle_cores(8, 21.9), 2); /* 1.752: the second is 75 % free */
         assert_int_equal(policy_idle_cores(8, 25), 2);
         assert_int_equal(policy_idle_cores(2, 99), 2); /* a quiet 2-core laptop */
-        assert_int_equal(policy_idle_cores(2, 94), 1);
+        assert_int_equal(policy_idle_cores(2, 87), 1);
+        assert_int_equal(policy_idle_cores(2, 88), 2); /* 0.2 cores of foreground */
         assert_int_equal(policy_idle_cores(2, 96), 2);
         assert_int_equal(policy_idle_cores(8, 150), 8);
         assert_int_equal(policy_idle_cores(0, 100), 1);
