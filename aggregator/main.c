@@ -19,6 +19,7 @@
 #include "model.h"
 #include "server.h"
 #include "store.h"
+#include "student.h"
 #include "version.h"
 
 #define DEFAULT_STORE "/var/lib/edge-aggregator"
@@ -42,6 +43,9 @@ static void usage(FILE *f) {
                 "  token create [--expires S] [--uses N]  print a new enrolment token\n"
                 "  serve [--listen ADDR:PORT] [...]       run the HTTP server\n"
                 "  status                                 versions, updates, devices, settings\n"
+                "  student publish CKPT [--teacher-version N]\n"
+                "                                         publish a distilled student\n"
+                "  student show                           the published student\n"
                 "\n"
                 "Run 'edge-aggregator COMMAND --help' for a command's options.\n");
 }
@@ -441,6 +445,76 @@ static int cmd_status(int argc, char **argv) {
         return 0;
 }
 
+static void usage_student(FILE *f) {
+        fprintf(f, "Usage: edge-aggregator [--store DIR] student publish CKPT [--teacher-version N]\n"
+                   "       edge-aggregator [--store DIR] student show\n"
+                   "\n"
+                   "Publishes a student distilled from the shared model ('edged distill\n"
+                   "--teacher' on a downloaded version) beside it: devices see it in the task and\n"
+                   "download it from /v1/student/model. One student at a time; publishing replaces\n"
+                   "the previous one. --teacher-version defaults to the current version.\n");
+}
+
+static void print_student(const agg_student *st) {
+        printf("Student: %s, %" PRIu64 " parameters, %" PRIu64 " bytes, distilled from v%" PRIu64
+               "\n  sha256 %s\n",
+               st->config, st->n_params, st->bytes, st->teacher_version, st->sha);
+}
+
+static int cmd_student(int argc, char **argv) {
+        long long tv = -1;
+        agg_student st;
+        int r;
+
+        if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+                usage_student(argc < 2 ? stderr : stdout);
+                return argc < 2 ? 2 : 0;
+        }
+        if (!strcmp(argv[1], "show") && argc == 2) {
+                r = agg_student_read(arg_store, &st);
+                if (r == -ENOENT) {
+                        printf("No student published.\n");
+                        return 0;
+                }
+                if (r < 0)
+                        return 1;
+                print_student(&st);
+                return 0;
+        }
+        if (strcmp(argv[1], "publish") || (argc != 3 && argc != 5)) {
+                usage_student(stderr);
+                return 2;
+        }
+        if (argc == 5) {
+                if (strcmp(argv[3], "--teacher-version")) {
+                        log_error("student publish: unknown option '%s'", argv[3]);
+                        return 2;
+                }
+                if (parse_ll("--teacher-version", argv[4], 0, INT64_MAX, &tv) < 0)
+                        return 2;
+        }
+        {
+                agg_version v;
+                agg_store *s;
+                if (agg_store_open(arg_store, &s) < 0)
+                        return 1;
+                r = tv < 0 ? agg_store_current_version(s, &v)
+                           : agg_store_get_version(s, (uint64_t) tv, &v);
+                agg_store_free(s);
+                if (r < 0) {
+                        if (tv >= 0)
+                                log_error("student publish: no version %lld in %s", tv, arg_store);
+                        return 1;
+                }
+                tv = (long long) v.version;
+        }
+        blas_set_threads(1);
+        if (agg_student_publish(arg_store, argv[2], (uint64_t) tv, &st) < 0)
+                return 1;
+        print_student(&st);
+        return 0;
+}
+
 int main(int argc, char **argv) {
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
@@ -483,6 +557,8 @@ int main(int argc, char **argv) {
                 return cmd_serve(argc, argv);
         if (!strcmp(argv[0], "status"))
                 return cmd_status(argc, argv);
+        if (!strcmp(argv[0], "student"))
+                return cmd_student(argc, argv);
         log_error("edge-aggregator: unknown command '%s'; see 'edge-aggregator --help'", argv[0]);
         return 2;
 }
