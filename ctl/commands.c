@@ -319,13 +319,14 @@ int ctl_sample(ctl_context *c, const ctl_verb *v, int argc, char **argv) {
         static const struct option opts[] = { { "tokens", required_argument, NULL, 'n' },
                                               { "temperature", required_argument, NULL, 't' },
                                               { "seed", required_argument, NULL, 's' },
+                                              { "quant", required_argument, NULL, 'q' },
                                               CTL_GLOBAL_OPTIONS,
                                               {} };
         unsigned long tokens = 200, seed = 0;
         double temperature = 0.8;
         bool have_seed = false;
         json_t *req, *reply = NULL;
-        const char *text;
+        const char *text, *quant = NULL;
         int opt, r;
 
         optind = 0;
@@ -358,6 +359,13 @@ int ctl_sample(ctl_context *c, const ctl_verb *v, int argc, char **argv) {
                         }
                         have_seed = true;
                         break;
+                case 'q':
+                        if (strcmp(optarg, "int8") != 0 && strcmp(optarg, "int4") != 0) {
+                                ctl_usage_error(v, "--quant: '%s' is not int8 or int4", optarg);
+                                return CTL_EXIT_USAGE;
+                        }
+                        quant = optarg;
+                        break;
                 default:
                         if ((r = ctl_global_option(c, v, opt, optarg)) != CTL_CONTINUE)
                                 return r;
@@ -373,6 +381,8 @@ int ctl_sample(ctl_context *c, const ctl_verb *v, int argc, char **argv) {
                         (json_int_t) tokens, "temperature", temperature);
         if (req && have_seed)
                 json_object_set_new(req, "seed", json_integer((json_int_t) seed));
+        if (req && quant)
+                json_object_set_new(req, "quant", json_string(quant));
         r = ctl_call(c, req, &reply);
         if (r != CTL_EXIT_OK)
                 return r;

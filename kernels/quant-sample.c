@@ -137,7 +137,7 @@ size_t quant_model_weight_bytes(const quant_model *q) {
         for (size_t vi = 0; vi < q->layout.n_views; vi++) {
                 const quant_matrix *m = quant_model_matrix((quant_model *) q, (int) vi);
                 if (m)
-                        n += quant_matrix_bytes(m);
+                        n += quant_matrix_bytes(m) + (m->rowsum ? m->rows * sizeof(int32_t) : 0);
         }
         return n;
 }
@@ -170,7 +170,12 @@ static void q_embed(const void *ctx, uint8_t token, int pos, float *out) {
         quant_matrix_row_add(&q->wpe, pos, out);
 }
 
-int quant_sampler_new(const quant_model *q, sampler **ret) {
+int quant_sampler_new(quant_model *q, sampler **ret) {
+        for (size_t vi = 0; vi < q->layout.n_views; vi++) {
+                quant_matrix *m = quant_model_matrix(q, (int) vi);
+                if (m)
+                        quant_matrix_finish(m);
+        }
         const sampler_weights w = { .cfg = &q->layout.cfg,
                                     .p = &q->p,
                                     .matvec = q_matvec,

@@ -34,11 +34,13 @@ quant_matrix *quant_model_matrix(quant_model *q, int vi);
 /* The 1-D view vi inside vecs, or NULL for a matrix. */
 float *quant_model_vec(quant_model *q, int vi);
 
-/* Bytes of all weights as held in memory (data, scales and the float 1-D tensors). */
+/* Bytes of all weights as held in memory (data, scales, the int8 kernels' row sums and the
+ * float 1-D tensors). */
 size_t quant_model_weight_bytes(const quant_model *q);
 
-/* Generation from q (not copied; q must outlive the sampler). */
-int quant_sampler_new(const quant_model *q, sampler **ret);
+/* Generation from q (not copied; q must outlive the sampler). Completes the matrices'
+ * derived data first (quant_matrix_finish()), so a model filled from a file needs no more. */
+int quant_sampler_new(quant_model *q, sampler **ret);
 
 /* Cross-entropy of the sampler's predictions over one window: feeds tok[0..n) from an empty
  * cache and adds -log p(tgt[i] | tok[0..i]) to *sum (nats). Any sampler (float or quantized). */

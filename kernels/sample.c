@@ -1,4 +1,14 @@
 /* SPDX-License-Identifier: MIT */
+/* The attention loops below are vectorised but round exactly like plain scalar loops, and
+ * other generators must give the same bits (sample_attend() is exported for kernels/stage.c,
+ * which tests/test-stage.c compares bit for bit): no multiply-add may be fused, in the AVX2
+ * clone either. */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include "sample.h"
 
 #include <errno.h>
@@ -8,10 +18,17 @@
 
 #include "nn.h"
 
+/* Columns the attention loops carry in registers: four AVX2 vectors of accumulators, so that
+ * no sum waits on a store of the previous step. */
+#define AW 32
+
 struct sampler {
         sampler_weights w;
         int pos;
-        float *kcache, *vcache; /* (L, T, C) each */
+        /* keys transposed, (L, C, t_pad): a query meets all cached keys along contiguous rows;
+         * values (L, T, C) */
+        float *kcache, *vcache;
+        int t_pad; /* T rounded up to the attention's block */
         float *x, *ln, *qkv, *y, *tmp, *h4, *h4g, *scores, *mean_rstd;
 };
 
@@ -64,7 +81,8 @@ int sampler_new_weights(const sampler_weights *w, sampler **ret) {
         if (!s)
                 return -ENOMEM;
         s->w = *w;
-        s->kcache = calloc(L * T * C, sizeof(float));
+        s->t_pad = sample_kv_t_pad((int) T);
+        s->kcache = calloc(L * (size_t) s->t_pad * C, sizeof(float));
         s->vcache = calloc(L * T * C, sizeof(float));
         s->x = calloc(C, sizeof(float));
         s->ln = calloc(C, sizeof(float));
@@ -73,7 +91,7 @@ int sampler_new_weights(const sampler_weights *w, sampler **ret) {
         s->tmp = calloc(C, sizeof(float));
         s->h4 = calloc(4 * C, sizeof(float));
         s->h4g = calloc(4 * C, sizeof(float));
-        s->scores = calloc(T, sizeof(float));
+        s->scores = calloc((size_t) s->t_pad, sizeof(float));
         s->mean_rstd = calloc(2, sizeof(float));
         if (!s->kcache || !s->vcache || !s->x || !s->ln || !s->qkv || !s->y || !s->tmp || !s->h4 ||
             !s->h4g || !s->scores || !s->mean_rstd) {
@@ -105,34 +123,96 @@ void sampler_reset(sampler *s) {
         s->pos = 0;
 }
 
-/* Attention of the newest position over the cached keys and values of one layer. */
-static void attend(sampler *s, const float *kc, const float *vc, int C, int H) {
-        int hs = C / H, n = s->pos + 1;
+/* The attention gets an x86-64-v3 (AVX2) clone, as kernels/nn.c's hot loops do. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SAMPLE_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SAMPLE_HOT
+#endif
+
+/* nn_expf's polynomial (kernels/nn.c), inlined here so that the softmax loop vectorises. */
+static inline float exp_inline(float x) {
+        x = x > 88.3f ? 88.3f : x;
+        x = x < -87.3f ? -87.3f : x;
+        float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+        float r = x - n * 0.693359375f;
+        r = r - n * -2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        p = p * r * r + r + 1.0f;
+        int32_t e = ((int32_t) n + 127) << 23;
+        float two_n;
+        memcpy(&two_n, &e, sizeof(two_n));
+        return p * two_n;
+}
+
+int sample_kv_t_pad(int T) {
+        return (T + AW - 1) / AW * AW;
+}
+
+void sample_kv_store(float *kt, float *vc, int t_pad, int C, int pos, const float *k,
+                     const float *v) {
+        /* key channel c (head c / hs, dimension c % hs) is row c of kt */
+        for (int c = 0; c < C; c++)
+                kt[(size_t) c * t_pad + pos] = k[c];
+        memcpy(vc + (size_t) pos * C, v, C * sizeof(float));
+}
+
+/* The scores run along the transposed keys' rows, the weighted values along the head's
+ * channels, AW at a time, with the sums held in locals; each sum still adds its terms in
+ * the order of the plain loops (i, then j, ascending). */
+SAMPLE_HOT void sample_attend(const float *q_all, const float *kt, const float *vc, int t_pad,
+                              int C, int H, int pos, float *restrict scores, float *y_all) {
+        int hs = C / H, n = pos + 1;
         float scale = 1.0f / sqrtf((float) hs);
 
         for (int h = 0; h < H; h++) {
-                const float *q = s->qkv + h * hs;
-                float *y = s->y + h * hs;
+                const float *q = q_all + h * hs;
+                const float *k = kt + (size_t) h * hs * t_pad;
+                float *restrict y = y_all + h * hs;
                 float mx = -INFINITY, sum = 0.0f;
 
-                for (int j = 0; j < n; j++) {
-                        const float *k = kc + (size_t) j * C + h * hs;
-                        float dot = 0.0f;
-                        for (int i = 0; i < hs; i++)
-                                dot += q[i] * k[i];
-                        s->scores[j] = dot * scale;
-                        mx = s->scores[j] > mx ? s->scores[j] : mx;
+                /* whole blocks: rows are t_pad long, a multiple of AW, and the stale or zero
+                 * columns past n are never read back */
+                for (int j0 = 0; j0 < n; j0 += AW) {
+                        float acc[AW] = { 0 };
+                        for (int i = 0; i < hs; i++) {
+                                const float *restrict ki = k + (size_t) i * t_pad + j0;
+                                for (int l = 0; l < AW; l++)
+                                        acc[l] += q[i] * ki[l];
+                        }
+                        for (int l = 0; l < AW; l++)
+                                scores[j0 + l] = acc[l] * scale;
                 }
+                for (int j = 0; j < n; j++)
+                        mx = scores[j] > mx ? scores[j] : mx;
                 for (int j = 0; j < n; j++) {
-                        s->scores[j] = nn_expf(s->scores[j] - mx);
-                        sum += s->scores[j];
+                        scores[j] = exp_inline(scores[j] - mx);
+                        sum += scores[j];
                 }
-                memset(y, 0, hs * sizeof(float));
-                for (int j = 0; j < n; j++) {
-                        const float *v = vc + (size_t) j * C + h * hs;
-                        float w = s->scores[j] / sum;
-                        for (int i = 0; i < hs; i++)
-                                y[i] += w * v[i];
+                for (int j = 0; j < n; j++)
+                        scores[j] = scores[j] / sum;
+                int i0 = 0;
+                for (; i0 + AW <= hs; i0 += AW) {
+                        float acc[AW] = { 0 };
+                        for (int j = 0; j < n; j++) {
+                                const float *restrict v = vc + (size_t) j * C + h * hs + i0;
+                                for (int l = 0; l < AW; l++)
+                                        acc[l] += scores[j] * v[l];
+                        }
+                        memcpy(y + i0, acc, sizeof(acc));
+                }
+                if (i0 < hs) {
+                        memset(y + i0, 0, (hs - i0) * sizeof(float));
+                        for (int j = 0; j < n; j++) {
+                                const float *restrict v = vc + (size_t) j * C + h * hs;
+                                for (int i = i0; i < hs; i++)
+                                        y[i] += scores[j] * v[i];
+                        }
                 }
         }
 }
@@ -148,13 +228,13 @@ int sampler_feed(sampler *s, uint8_t token, float *ret_logits) {
                 return -ENOSPC;
         w->embed(w->ctx, token, s->pos, s->x);
         for (int l = 0; l < cfg->n_layer; l++) {
-                float *kc = s->kcache + (size_t) l * T * C, *vc = s->vcache + (size_t) l * T * C;
+                float *kc = s->kcache + (size_t) l * s->t_pad * C;
+                float *vc = s->vcache + (size_t) l * T * C;
 
                 nn_layernorm_forward(s->ln, mean, rstd, s->x, p->ln1_w[l], p->ln1_b[l], 1, C);
                 w->matvec(w->ctx, SAMPLER_QKV, l, s->ln, s->qkv);
-                memcpy(kc + (size_t) s->pos * C, s->qkv + C, C * sizeof(float));
-                memcpy(vc + (size_t) s->pos * C, s->qkv + 2 * C, C * sizeof(float));
-                attend(s, kc, vc, C, H);
+                sample_kv_store(kc, vc, s->t_pad, C, s->pos, s->qkv + C, s->qkv + 2 * C);
+                sample_attend(s->qkv, kc, vc, s->t_pad, C, H, s->pos, s->scores, s->y);
                 w->matvec(w->ctx, SAMPLER_ATTPROJ, l, s->y, s->tmp);
                 nn_residual_forward(s->x, s->x, s->tmp, C);
                 nn_layernorm_forward(s->ln, mean, rstd, s->x, p->ln2_w[l], p->ln2_b[l], 1, C);
@@ -169,9 +249,44 @@ int sampler_feed(sampler *s, uint8_t token, float *ret_logits) {
         return 0;
 }
 
-static int cmp_desc(const void *a, const void *b) {
-        float x = *(const float *) a, y = *(const float *) b;
-        return (x < y) - (x > y);
+/* Unsigned keys in the floats' order (NaN aside): flip all bits of negatives, the sign bit
+ * of the rest. */
+static uint32_t order_key(float f) {
+        uint32_t b;
+        memcpy(&b, &f, sizeof(b));
+        return b & 0x80000000u ? ~b : b | 0x80000000u;
+}
+
+static float key_value(uint32_t key) {
+        uint32_t b = key & 0x80000000u ? key & 0x7fffffffu : ~key;
+        float f;
+        memcpy(&f, &b, sizeof(f));
+        return f;
+}
+
+/* The k-th largest of v[0..n) (1 <= k <= n <= MODEL_VOCAB): a radix selection a byte of the
+ * key at a time, over the candidates left by the previous byte. Counting has no
+ * data-dependent branches; a sort or a quickselect of the 256 logits cost, in mispredicted
+ * branches, a third of the int8 model's time per token. */
+static float kth_largest(const float *v, int n, int k) {
+        uint32_t keys[MODEL_VOCAB];
+
+        for (int i = 0; i < n; i++)
+                keys[i] = order_key(v[i]);
+        for (int shift = 24; shift >= 0; shift -= 8) {
+                int count[256] = { 0 }, d = 255, m = 0;
+                for (int i = 0; i < n; i++)
+                        count[(keys[i] >> shift) & 0xff]++;
+                while (count[d] < k)
+                        k -= count[d--];
+                /* keep the bucket's keys: the k-th largest is among them */
+                for (int i = 0; i < n; i++) {
+                        keys[m] = keys[i];
+                        m += ((keys[i] >> shift) & 0xff) == (uint32_t) d;
+                }
+                n = m;
+        }
+        return key_value(keys[0]);
 }
 
 uint8_t sampler_pick(float *logits, const sample_opts *opts, rng_t *rng) {
@@ -185,10 +300,7 @@ uint8_t sampler_pick(float *logits, const sample_opts *opts, rng_t *rng) {
 
         float cutoff = -INFINITY;
         if (opts->top_k > 0 && opts->top_k < MODEL_VOCAB) {
-                float sorted[MODEL_VOCAB];
-                memcpy(sorted, logits, sizeof(sorted));
-                qsort(sorted, MODEL_VOCAB, sizeof(float), cmp_desc);
-                cutoff = sorted[opts->top_k - 1];
+                cutoff = kth_largest(logits, MODEL_VOCAB, opts->top_k);
         }
         double sum = 0.0;
         float mx = logits[best];

@@ -41,6 +41,19 @@ typedef struct {
         const void *ctx;
 } sampler_weights;
 
+/* The attention the sampler runs for one position of one layer, for other generators that
+ * must give its bits (kernels/stage.c). Cache layout: keys transposed, kt holds C rows of
+ * t_pad = sample_kv_t_pad(T) floats (row c: key channel c at every position), so that a
+ * query meets all keys along contiguous rows; values vc are (T, C). */
+int sample_kv_t_pad(int T);
+/* Stores position pos's key k(C) and value v(C). */
+void sample_kv_store(float *kt, float *vc, int t_pad, int C, int pos, const float *k,
+                     const float *v);
+/* y(C) = causal attention of q(C) over positions 0..pos (stored), H heads; scores: t_pad
+ * floats of scratch. */
+void sample_attend(const float *q, const float *kt, const float *vc, int t_pad, int C, int H,
+                   int pos, float *scores, float *y);
+
 /* Reads weights from m (not copied; m must outlive the sampler). */
 int sampler_new(const model *m, sampler **ret);
 /* The same over any weights; *w is copied, what it points to must outlive the sampler. */

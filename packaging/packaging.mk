@@ -147,7 +147,7 @@ check-man:
 ARM64_BUILD ?= build/arm64
 ARM64_CC ?= aarch64-linux-gnu-gcc
 ARM64_PKG_CONFIG ?= aarch64-linux-gnu-pkg-config
-ARM64_PURE_TESTS := $(foreach t,conf policy safetensors checkpoint reference gradcheck sample stats \
+ARM64_PURE_TESTS := $(foreach t,conf policy safetensors checkpoint reference gradcheck sample quant stats \
 	hash codec ctl-format loader,$(if $(wildcard tests/test-$(t).c),test-$(t)))
 
 # aarch64-linux-gnu-gcc 12 (Debian 12) crashes vectorising the fmax() reduction of

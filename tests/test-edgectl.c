@@ -1011,6 +1011,82 @@ static void test_sample(void **state) {
         json_decref(j);
 }
 
+/* One request line straight to the control socket, its reply parsed. */
+static json_t *control_request(const char *line) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        char buf[8192];
+        size_t n = 0;
+
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", control);
+        assert_int_equal(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        assert_int_equal(write(fd, line, strlen(line)), (ssize_t) strlen(line));
+        while (n < sizeof(buf) - 1 && (n == 0 || buf[n - 1] != '\n')) {
+                ssize_t k = read(fd, buf + n, sizeof(buf) - 1 - n);
+                assert_true(k > 0);
+                n += (size_t) k;
+        }
+        buf[n] = '\0';
+        close(fd);
+        json_t *j = json_loads(buf, 0, NULL);
+        assert_true(json_is_object(j));
+        return j;
+}
+
+/* --quant int8|int4: the daemon quantizes the model as it is; with training paused (the
+ * model frozen) and a seed, the text repeats exactly. A bad value is refused by edgectl (exit
+ * 2) and, sent raw, by the daemon (EINVAL naming the choices). */
+static void test_sample_quant(void **state) {
+        static const char *const kinds[] = { "int8", "int4" };
+        char *out = NULL, *err = NULL;
+
+        assert_int_equal(ctl(&out, &err, "pause", (char *) NULL), 0);
+        free(out);
+        free(err);
+        assert_true(wait_for("paused", "user-paused", TRANSITION_TIMEOUT_S) >= 0);
+        for (size_t k = 0; k < ARRAY_SIZE(kinds); k++) {
+                json_t *a = ctl_json("--json", "sample", "--quant", kinds[k], "--tokens", "24",
+                                     "--temperature", "0.8", "--seed", "7", "To be", (char *) NULL);
+                json_t *b = ctl_json("--json", "sample", "--quant", kinds[k], "--tokens", "24",
+                                     "--temperature", "0.8", "--seed", "7", "To be", (char *) NULL);
+                const char *ta = json_string_value(json_object_get(a, "text"));
+                const char *tb = json_string_value(json_object_get(b, "text"));
+                printf("sample --quant %s --seed 7: \"%s\"\n", kinds[k], ta ? ta : "(null)");
+                assert_non_null(ta);
+                assert_non_null(tb);
+                assert_int_equal(json_integer_value(json_object_get(a, "tokens")), 24);
+                assert_string_equal(ta, tb);
+                assert_string_equal(json_string_value(json_object_get(a, "quant")), kinds[k]);
+                json_decref(a);
+                json_decref(b);
+        }
+        json_t *f =
+                ctl_json("--json", "sample", "--tokens", "4", "--seed", "7", "x", (char *) NULL);
+        assert_string_equal(json_string_value(json_object_get(f, "quant")), "fp32");
+        json_decref(f);
+
+        int r = ctl(&out, &err, "sample", "--quant", "int3", "x", (char *) NULL);
+        printf("sample --quant int3 -> %d: %s", r, err);
+        assert_int_equal(r, 2);
+        assert_true(contains(err, "--quant: 'int3' is not int8 or int4"));
+        assert_string_equal(out, "");
+        free(out);
+        free(err);
+        json_t *e = control_request("{\"cmd\":\"sample\",\"prompt\":\"x\",\"quant\":\"int3\"}\n");
+        assert_false(json_is_true(json_object_get(e, "ok")));
+        assert_string_equal(json_string_value(json_object_get(e, "error")), "EINVAL");
+        assert_true(contains(json_string_value(json_object_get(e, "message")), "int8"));
+        json_decref(e);
+        e = control_request("{\"cmd\":\"sample\",\"prompt\":\"x\",\"quant\":8}\n");
+        assert_string_equal(json_string_value(json_object_get(e, "error")), "EINVAL");
+        json_decref(e);
+
+        assert_int_equal(ctl(&out, &err, "resume", (char *) NULL), 0);
+        free(out);
+        free(err);
+        assert_true(wait_for("running", NULL, 15) >= 0);
+}
+
 static const field checkpoint_fields[] = {
         FS("path", T_STR),
         FN("step", T_INT, 0, BIG),
@@ -1219,8 +1295,9 @@ int main(void) {
                 cmocka_unit_test(test_status),         cmocka_unit_test(test_pause_resume),
                 cmocka_unit_test(test_profile_policy), cmocka_unit_test(test_stats),
                 cmocka_unit_test(test_watch),          cmocka_unit_test(test_watch_tty),
-                cmocka_unit_test(test_sample),         cmocka_unit_test(test_checkpoint),
-                cmocka_unit_test(test_permission),     cmocka_unit_test(test_restart_persists),
+                cmocka_unit_test(test_sample),         cmocka_unit_test(test_sample_quant),
+                cmocka_unit_test(test_checkpoint),     cmocka_unit_test(test_permission),
+                cmocka_unit_test(test_restart_persists),
         };
         return cmocka_run_group_tests(tests, group_setup, teardown);
 }
