@@ -21,6 +21,7 @@
 
 #define AGG_BACKLOG_FACTOR 4  /* updates waiting, in buffers of K, before devices are told to wait */
 #define AGG_BACKLOG_RETRY_S 10
+#define AGG_DISK_FULL_RETRY_S 60 /* a hint: space comes back when an admin makes room */
 
 static const char *header(agg_request *rq, const char *name) {
         return MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, name);
@@ -31,6 +32,23 @@ static double f2d(float x) {
         char b[32];
         snprintf(b, sizeof(b), "%.7g", (double) x);
         return strtod(b, NULL);
+}
+
+static bool disk_full(int r) {
+        return r == -ENOSPC || r == -EDQUOT;
+}
+
+/* A write the store refused: 507 disk-full when the disk (or quota) is full, so admins and
+ * devices can tell it from a passing failure; 503 storage otherwise. Nothing acknowledged is
+ * touched either way: the failed transaction is rolled back. */
+static enum MHD_Result storage_error(agg_request *rq, int r, const char *what) {
+        if (disk_full(r)) {
+                rq->retry_after = AGG_DISK_FULL_RETRY_S;
+                return agg_respond_error(rq, MHD_HTTP_INSUFFICIENT_STORAGE, "disk-full",
+                                         "the server's disk is full: cannot store %s now", what);
+        }
+        return agg_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "storage", "cannot store %s now",
+                                 what);
 }
 
 static bool printable_utf8ish(const char *s, size_t max) {
@@ -65,8 +83,7 @@ enum MHD_Result agg_api_enroll(agg_request *rq) {
                 return agg_respond_error(rq, MHD_HTTP_UNAUTHORIZED, "bad-token",
                                          "unknown, expired or used-up enrolment token");
         if (r < 0)
-                return agg_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "storage",
-                                         "cannot store the device now");
+                return storage_error(rq, r, "the device");
         log_info("enrolled device %s", id);
         return agg_respond_json(rq, MHD_HTTP_CREATED,
                                 json_pack("{s:s, s:s}", "device_id", id, "secret", secret));
@@ -356,10 +373,14 @@ enum MHD_Result agg_api_update(agg_request *rq) {
                 agg_metrics_add(rq->srv->metrics, "updates.clipped", 1);
         }
         r = agg_store_insert_update(store, &u, key, rq->body, rq->size, &id, &dup);
+        if (disk_full(r)) {
+                /* counted with the other refusals; the device keeps it and retries */
+                rq->retry_after = AGG_DISK_FULL_RETRY_S;
+                return reject_update(rq, MHD_HTTP_INSUFFICIENT_STORAGE, "disk-full", "%s",
+                                     "the server's disk is full: cannot store the update now");
+        }
         if (r < 0)
-                return agg_respond_error(rq, r == -ENOSPC ? MHD_HTTP_INSUFFICIENT_STORAGE
-                                                          : MHD_HTTP_SERVICE_UNAVAILABLE,
-                                         "storage", "%s", "cannot store the update now");
+                return storage_error(rq, r, "the update");
         if (dup) { /* the same key raced in on another connection */
                 agg_metrics_add(rq->srv->metrics, "updates.duplicate", 1);
                 return ack(rq, true, id, cur.version, 0);
@@ -397,8 +418,7 @@ enum MHD_Result agg_api_telemetry(agg_request *rq) {
         r = agg_store_telemetry(rq->srv->store, rq->device, s);
         free(s);
         if (r < 0)
-                return agg_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "storage",
-                                         "cannot store telemetry now");
+                return storage_error(rq, r, "telemetry");
         return agg_respond(rq, MHD_HTTP_NO_CONTENT, NULL, NULL, 0);
 }
 

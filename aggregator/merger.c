@@ -6,7 +6,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "blobs.h"
 #include "eval.h"
@@ -17,6 +20,7 @@
 #include "update-codec.h"
 
 #define FLUSH_INTERVAL_S 10
+#define DB_HEADROOM_BYTES (256 * 1024) /* the commit's WAL frames, generously */
 
 struct agg_merger {
         agg_store *store;
@@ -25,6 +29,7 @@ struct agg_merger {
         pthread_mutex_t lock;
         pthread_cond_t cond;
         bool kicked, stop;
+        bool disk_full; /* the last merge failed for want of space */
 };
 
 static void model_freep(model **m) {
@@ -71,6 +76,41 @@ int agg_merge_eval_current(agg_store *s) {
             (r = agg_blob_load_model(agg_store_dir(s), cur.blob, m)) < 0)
                 return r;
         return evaluate(s, set, m, cur.version);
+}
+
+/* -ENOSPC when the store's file system cannot take a new version (its model blob, the
+ * moments, the commit): checked before the work of a merge, which a full disk would only
+ * throw away at the first write. Unknown sizes pass: the writes themselves decide then. */
+static int check_space(const char *dir, const agg_version *cur, size_t moments_bytes) {
+        _cleanup_free_ char *path = NULL;
+        struct statvfs vfs;
+        struct stat st;
+
+        if (agg_blob_path(dir, cur->blob, &path) < 0 || stat(path, &st) < 0 ||
+            statvfs(dir, &vfs) < 0)
+                return 0;
+        /* root may use the reserved blocks, and so may a store run as root */
+        uint64_t avail = (uint64_t) (geteuid() == 0 ? vfs.f_bfree : vfs.f_bavail) * vfs.f_frsize;
+        uint64_t need = (uint64_t) st.st_size + moments_bytes + DB_HEADROOM_BYTES;
+        return avail < need ? -ENOSPC : 0;
+}
+
+/* After a failed merge: removes the blobs written for a version that was never committed,
+ * so a full disk does not fill further with them. Not after -ESTALE: another merger may
+ * have published the same content. */
+static void discard_unpublished(const char *dir, const agg_version *cur, const agg_version *next,
+                                int r) {
+        const char *shas[] = { next->blob, next->moments };
+
+        if (r == -ESTALE)
+                return;
+        for (size_t i = 0; i < ARRAY_SIZE(shas); i++) {
+                _cleanup_free_ char *path = NULL;
+                if (!shas[i][0] || !strcmp(shas[i], cur->blob) || !strcmp(shas[i], cur->moments))
+                        continue;
+                if (agg_blob_path(dir, shas[i], &path) >= 0 && unlink(path) < 0 && errno != ENOENT)
+                        log_warning("%s: cannot remove: %m", path);
+        }
 }
 
 int agg_merge_once(agg_store *s, agg_metrics *metrics, bool *ret_merged) {
@@ -139,6 +179,10 @@ int agg_merge_once(agg_store *s, agg_metrics *metrics, bool *ret_merged) {
         }
 
         model_layout_init(lay, &set->cfg);
+        r = check_space(agg_store_dir(s), &cur,
+                        set->optimizer == AGG_OPT_FEDADAM ? 2 * lay->n_params * sizeof(float) : 0);
+        if (r < 0)
+                return r; /* the buffer stays pending; the worker retries */
         if ((r = model_new(&set->cfg, 1, set->cfg.block_size, &m)) < 0)
                 return log_error_errno(r, "cannot allocate the model");
         if ((r = agg_blob_load_model(agg_store_dir(s), cur.blob, m)) < 0)
@@ -220,8 +264,38 @@ int agg_merge_once(agg_store *s, agg_metrics *metrics, bool *ret_merged) {
         }
         r = 0;
 out:
+        if (r < 0)
+                discard_unpublished(agg_store_dir(s), &cur, &next, r);
         delta_set_done(&ds);
         return r;
+}
+
+/* Merges while full buffers wait. A failure leaves every update pending (nothing is
+ * committed before the last step) and is retried at the next kick or flush tick; a full
+ * disk is said once when it starts and once when it ends, not at every retry. */
+static void merge_all(agg_merger *w) {
+        bool merged = true;
+        int r;
+
+        while (merged && !w->stop) {
+                r = agg_merge_once(w->store, w->metrics, &merged);
+                if (r >= 0) {
+                        if (merged && w->disk_full)
+                                log_info("the store has room again: merging resumes");
+                        w->disk_full = w->disk_full && !merged;
+                        continue;
+                }
+                bool full = r == -ENOSPC || r == -EDQUOT;
+                if (full && !w->disk_full)
+                        log_warning("the store's disk is full: %lld update(s) wait, kept, until "
+                                    "there is room for the next version",
+                                    (long long) agg_store_count_pending(w->store));
+                const char *name = full ? "merge-failures.disk-full" : "merge-failures.error";
+                if (w->metrics)
+                        agg_metrics_add(w->metrics, name, 1);
+                w->disk_full = full;
+                merged = false;
+        }
 }
 
 static void *worker(void *userdata) {
@@ -242,15 +316,8 @@ static void *worker(void *userdata) {
                 bool kicked = w->kicked;
                 w->kicked = false;
                 pthread_mutex_unlock(&w->lock);
-                if (kicked) {
-                        bool merged = true;
-                        /* several buffers may be waiting */
-                        while (merged && !w->stop)
-                                if (agg_merge_once(w->store, w->metrics, &merged) < 0) {
-                                        merged = false;
-                                        /* retried at the next kick or flush tick */
-                                }
-                }
+                if (kicked)
+                        merge_all(w);
                 if (mono_now_s() - last_flush >= FLUSH_INTERVAL_S) {
                         agg_metrics_flush(w->metrics, w->store);
                         last_flush = mono_now_s();

@@ -213,6 +213,14 @@ int agg_metrics_render(agg_metrics *m, agg_store *s, char **ret, size_t *ret_siz
                 "# TYPE edge_merge_seconds summary\n"
                 "edge_merge_seconds_sum %.6f\nedge_merge_seconds_count %" PRId64 "\n",
                 (double) snap_get(sn, "merge.microseconds") * 1e-6, snap_get(sn, "merge.count"));
+        fputs("# HELP edge_merge_failures_total Merges that failed, by reason (disk-full or "
+              "error); the updates stay pending and the merge is retried.\n"
+              "# TYPE edge_merge_failures_total counter\n",
+              f);
+        for (size_t i = 0; i < sn->n; i++)
+                if (!strncmp(sn->name[i], "merge-failures.", 15))
+                        fprintf(f, "edge_merge_failures_total{reason=\"%s\"} %" PRId64 "\n",
+                                sn->name[i] + 15, sn->value[i]);
         fputs("# HELP edge_validation_loss Held-out loss of the newest evaluated version.\n"
               "# TYPE edge_validation_loss gauge\n",
               f);

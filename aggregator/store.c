@@ -59,11 +59,22 @@ static int64_t now_s(void) {
         return (int64_t) time(NULL);
 }
 
+/* The errno behind the last failure. A full disk must read as -ENOSPC (or -EDQUOT) wherever
+ * SQLite notices it: SQLITE_FULL for a short write, an I/O error carrying the system errno
+ * for a quota, growing the -shm file, or a failed COMMIT. */
+static int sql_errno(agg_store *s) {
+        int code = sqlite3_errcode(s->db), sys = sqlite3_system_errno(s->db);
+
+        if (code == SQLITE_FULL)
+                return ENOSPC;
+        if (code == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT))
+                return sys;
+        return code == SQLITE_BUSY ? EBUSY : EIO;
+}
+
 static int sql_err(agg_store *s, const char *what) {
-        int code = sqlite3_errcode(s->db);
-        int e = code == SQLITE_FULL ? ENOSPC : code == SQLITE_BUSY ? EBUSY : EIO;
         log_error("%s/%s: %s: %s", s->dir, AGG_DB_NAME, what, sqlite3_errmsg(s->db));
-        return -e;
+        return -sql_errno(s);
 }
 
 static int exec(agg_store *s, const char *sql) {
@@ -71,7 +82,7 @@ static int exec(agg_store *s, const char *sql) {
         if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
                 log_error("%s/%s: %s: %s", s->dir, AGG_DB_NAME, sql, msg ? msg : "?");
                 sqlite3_free(msg);
-                return -EIO;
+                return -sql_errno(s);
         }
         return 0;
 }
