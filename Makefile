@@ -189,7 +189,7 @@ BENCH_ARGS ?=
 # context switch (needs root; says so and stops otherwise); bench/loader: data loader
 # throughput and the share of step time spent waiting for data; bench/daemon: pause latency
 # and what a paused daemon costs. BENCH=<name> runs one.
-BENCH ?= train monitor loader daemon
+BENCH ?= train monitor loader daemon collab
 BENCHES_RUN := $(filter-out $(BUILD)/bench/harvest,$(BENCHES))
 run-bench: $(BENCHES_RUN)
 	@for b in $(BENCH); do echo "=== bench/$$b"; $(BUILD)/bench/$$b $(BENCH_ARGS) || exit 1; done
@@ -226,3 +226,4 @@ clean:
 # install, deb, check-deb: packaging/packaging.mk; fuzz, fuzz-regress: fuzz/fuzz.mk
 -include packaging/packaging.mk
 -include fuzz/fuzz.mk
+-include tests/valgrind.mk
