@@ -59,6 +59,7 @@ enum MHD_Result agg_api_task(agg_request *rq);
 enum MHD_Result agg_api_model(agg_request *rq, const char *version);
 enum MHD_Result agg_api_update(agg_request *rq);
 enum MHD_Result agg_api_telemetry(agg_request *rq);
+enum MHD_Result agg_api_peers(agg_request *rq); /* peers.c */
 enum MHD_Result agg_api_metrics(agg_request *rq);
 enum MHD_Result agg_api_status_page(agg_request *rq);
 

@@ -87,3 +87,4 @@ int ctl_stats(ctl_context *c, const ctl_verb *v, int argc, char **argv);
 int ctl_sample(ctl_context *c, const ctl_verb *v, int argc, char **argv);
 int ctl_checkpoint(ctl_context *c, const ctl_verb *v, int argc, char **argv);
 int ctl_watch(ctl_context *c, const ctl_verb *v, int argc, char **argv);
+int ctl_generate(ctl_context *c, const ctl_verb *v, int argc, char **argv);

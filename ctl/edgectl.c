@@ -55,11 +55,13 @@ static const ctl_verb verbs[] = {
           "one status object per line instead.\n",
           ctl_watch },
         { "sample",
-          "Usage: edgectl sample [--tokens N] [--temperature T] [--seed S] PROMPT\n\n"
+          "Usage: edgectl sample [--tokens N] [--temperature T] [--seed S] [--quant int8|int4]\n"
+          "                      PROMPT\n\n"
           "Text from the model as it is now, continuing PROMPT (\"\" for none).\n"
           "  --tokens N         1..1024 (default 200)\n"
           "  --temperature T    0..2, 0 is greedy (default 0.8)\n"
-          "  --seed S           for repeatable text\n",
+          "  --seed S           for repeatable text\n"
+          "  --quant int8|int4  generate from a copy of the model quantized on the spot\n",
           ctl_sample },
         { "checkpoint",
           "Usage: edgectl checkpoint [list]\n"
@@ -68,6 +70,20 @@ static const ctl_verb verbs[] = {
           "list: the saved checkpoints, newest first. save: saves one now. export: saves one\n"
           "and copies it to FILE (atomically); reading it needs root or group edged.\n",
           ctl_checkpoint },
+        { "generate",
+          "Usage: edgectl generate (--peers URL,URL,... | --fleet URL) [OPTIONS] PROMPT\n\n"
+          "Text from one model run across several devices: the layers are split over the\n"
+          "peers' stage servers ([Inference] Serve=yes) by their speed and memory, and a peer\n"
+          "that disappears is replaced by re-planning over the others. The bearer token comes\n"
+          "from $EDGED_TOKEN or --token-file FILE.\n"
+          "  --peers URLS       stage servers, e.g. http://10.0.0.2:7878,http://10.0.0.3:7878\n"
+          "  --fleet URL        ask the aggregator at URL for them (GET /v1/peers), as the\n"
+          "                     enrolled device of --identity FILE (/var/lib/edged/identity)\n"
+          "  --tokens N         1..4096 (default 200)\n"
+          "  --temperature T    0..2, 0 is greedy (default 0.8)\n"
+          "  --top-k K          0..256, 0 is no limit (default 40)\n"
+          "  --seed S           for repeatable text (default 1)\n",
+          ctl_generate },
 };
 
 static void usage(FILE *f) {
@@ -86,6 +102,7 @@ static void usage(FILE *f) {
                 "  watch [--count N]               live view, refreshed every second\n"
                 "  sample [OPTIONS] PROMPT         text from the current model\n"
                 "  checkpoint [list|save|export FILE]\n"
+                "  generate --peers URLS PROMPT    text from a model split across devices\n"
                 "\n"
                 "Options:\n"
                 "  --json          machine-readable output (docs/control-protocol.md)\n"

@@ -19,7 +19,7 @@
 #define CONF_FILE_MAX (1024 * 1024)
 #define MINUTES_PER_DAY 1440
 
-typedef enum { T_INT, T_BOOL, T_PROFILE, T_MODEL, T_HOURS, T_PATH, T_URL, T_SECRET } value_type;
+typedef enum { T_INT, T_BOOL, T_PROFILE, T_MODEL, T_HOURS, T_PATH, T_URL, T_SECRET, T_ADDR, T_SPAN } value_type;
 
 static const struct {
         const char *name;
@@ -45,6 +45,13 @@ static const struct {
         [CONF_KEY_SERVER] = { "Server", T_URL, 0, 0 },
         [CONF_KEY_ENROLL_TOKEN] = { "EnrollToken", T_SECRET, 0, 0 },
         [CONF_KEY_CA_FILE] = { "CAFile", T_PATH, 0, 0 },
+        [CONF_KEY_SERVE] = { "Serve", T_BOOL, 0, 0 },
+        [CONF_KEY_LISTEN_ADDRESS] = { "ListenAddress", T_ADDR, 0, 0 },
+        [CONF_KEY_INFERENCE_TOKEN] = { "Token", T_SECRET, 0, 0 },
+        [CONF_KEY_INFERENCE_MODEL_FILE] = { "ModelFile", T_PATH, 0, 0 },
+        [CONF_KEY_SESSION_IDLE_SEC] = { "SessionIdleSec", T_INT, 1, 86400 },
+        [CONF_KEY_INFERENCE_MEMORY_MIB] = { "MemoryMiB", T_INT, 16, 1048576 },
+        [CONF_KEY_INFERENCE_LAYERS] = { "Layers", T_SPAN, 0, 63 },
 };
 
 static const char *const profile_names[_PROFILE_MAX] = {
@@ -79,12 +86,15 @@ bool conf_key_is_policy(conf_key k) {
 const char *conf_key_section(conf_key k) {
         if (k < 0 || k >= _CONF_KEY_MAX)
                 return NULL;
-        return k < _CONF_POLICY_KEY_MAX ? "Policy" : k < CONF_KEY_SERVER ? "Daemon" : "Federation";
+        return k < _CONF_POLICY_KEY_MAX ? "Policy"
+               : k < CONF_KEY_SERVER    ? "Daemon"
+               : k < CONF_KEY_SERVE     ? "Federation"
+                                        : "Inference";
 }
 
 static bool known_section(const char *name) {
         return strcmp(name, "Policy") == 0 || strcmp(name, "Daemon") == 0 ||
-               strcmp(name, "Federation") == 0;
+               strcmp(name, "Federation") == 0 || strcmp(name, "Inference") == 0;
 }
 
 const char *conf_profile_to_string(policy_profile p) {
@@ -437,7 +447,37 @@ static int parse_value(conf_key k, const char *s, conf_value *ret, char *reason,
                 }
                 ret->s = strdup(s);
                 return ret->s ? 0 : -ENOMEM;
+        case T_SPAN: {
+                int lo = -1, hi = -1, len = 0;
+                if (!*s || strcmp(s, "all") == 0) {
+                        ret->i = -1;
+                        return 0;
+                }
+                if (sscanf(s, "%d-%d%n", &lo, &hi, &len) != 2 || s[len] || lo < 0 || hi < lo ||
+                    hi > key_table[k].max) {
+                        snprintf(reason, reason_size, "%s: '%s' is not 'all' or FIRST-LAST (0..%" PRId64 ")",
+                                 name, s, key_table[k].max);
+                        return -EINVAL;
+                }
+                ret->i = lo * 64 + hi; /* both in 0..63 */
+                return 0;
+        }
+        case T_ADDR: {
+                unsigned a, b1, c4, d, port;
+                char end;
+                if (sscanf(s, "%u.%u.%u.%u:%u%c", &a, &b1, &c4, &d, &port, &end) != 5 || a > 255 ||
+                    b1 > 255 || c4 > 255 || d > 255 || port < 1 || port > 65535 || strlen(s) > 21) {
+                        snprintf(reason, reason_size, "%s: '%s' is not an IPv4 ADDRESS:PORT", name, s);
+                        return -EINVAL;
+                }
+                ret->s = strdup(s);
+                return ret->s ? 0 : -ENOMEM;
+        }
         case T_PATH:
+                if (k == CONF_KEY_INFERENCE_MODEL_FILE && !*s) { /* empty: the default */
+                        ret->s = strdup("");
+                        return ret->s ? 0 : -ENOMEM;
+                }
                 if (s[0] != '/' || strstr(s, "/../") ||
                     (strlen(s) >= 3 && strcmp(s + strlen(s) - 3, "/..") == 0)) {
                         snprintf(reason, reason_size,
@@ -556,9 +596,13 @@ int conf_init_builtin(conf *ret) {
         ret->state_directory = strdup(CONF_DEFAULT_STATE_DIRECTORY);
         ret->checkpoint_interval_sec = CONF_DEFAULT_CHECKPOINT_INTERVAL_SEC;
         ret->model = CONF_DEFAULT_MODEL;
+        ret->listen_address = strdup(CONF_DEFAULT_LISTEN_ADDRESS);
+        ret->session_idle_sec = CONF_DEFAULT_SESSION_IDLE_SEC;
+        ret->inference_memory_mib = CONF_DEFAULT_INFERENCE_MEMORY_MIB;
+        ret->layers_first = ret->layers_last = -1;
         for (int k = 0; k < _CONF_KEY_MAX; k++)
                 ret->prov[k] = (conf_provenance){ .origin = KNOB_BUILTIN };
-        if (!ret->data_directory || !ret->state_directory) {
+        if (!ret->data_directory || !ret->state_directory || !ret->listen_address) {
                 conf_done(ret);
                 return -ENOMEM;
         }
@@ -573,6 +617,9 @@ void conf_done(conf *c) {
         free(c->server);
         free(c->enroll_token);
         free(c->ca_file);
+        free(c->listen_address);
+        free(c->inference_token);
+        free(c->inference_model);
         free(c->overrides_path);
         for (size_t i = 0; i < c->n_files; i++)
                 free(c->files[i]);
@@ -1011,12 +1058,31 @@ static int resolve(loader *l, bool with_fleet) {
                 case CONF_KEY_MODEL:
                         c->model = (conf_model) s->v.i;
                         break;
+                case CONF_KEY_SERVE:
+                        c->serve = s->v.i != 0;
+                        break;
+                case CONF_KEY_SESSION_IDLE_SEC:
+                        c->session_idle_sec = (int) s->v.i;
+                        break;
+                case CONF_KEY_INFERENCE_MEMORY_MIB:
+                        c->inference_memory_mib = (int) s->v.i;
+                        break;
+                case CONF_KEY_INFERENCE_LAYERS:
+                        c->layers_first = s->v.i < 0 ? -1 : (int) (s->v.i / 64);
+                        c->layers_last = s->v.i < 0 ? -1 : (int) (s->v.i % 64);
+                        break;
                 case CONF_KEY_SERVER:
                 case CONF_KEY_ENROLL_TOKEN:
-                case CONF_KEY_CA_FILE: {
-                        char **dst = k == CONF_KEY_SERVER         ? &c->server
-                                     : k == CONF_KEY_ENROLL_TOKEN ? &c->enroll_token
-                                                                  : &c->ca_file;
+                case CONF_KEY_CA_FILE:
+                case CONF_KEY_LISTEN_ADDRESS:
+                case CONF_KEY_INFERENCE_TOKEN:
+                case CONF_KEY_INFERENCE_MODEL_FILE: {
+                        char **dst = k == CONF_KEY_SERVER                  ? &c->server
+                                     : k == CONF_KEY_ENROLL_TOKEN          ? &c->enroll_token
+                                     : k == CONF_KEY_CA_FILE               ? &c->ca_file
+                                     : k == CONF_KEY_LISTEN_ADDRESS        ? &c->listen_address
+                                     : k == CONF_KEY_INFERENCE_TOKEN       ? &c->inference_token
+                                                                           : &c->inference_model;
                         char *n = *s->v.s ? strdup(s->v.s) : NULL;
                         if (*s->v.s && !n)
                                 return log_error_errno(ENOMEM, "Out of memory");
@@ -1269,6 +1335,30 @@ static void format_value(const conf *c, conf_key k, char *buf, size_t size) {
                 break;
         case CONF_KEY_CA_FILE:
                 snprintf(buf, size, "%s", c->ca_file ? c->ca_file : "(system)");
+                break;
+        case CONF_KEY_SERVE:
+                snprintf(buf, size, "%s", c->serve ? "yes" : "no");
+                break;
+        case CONF_KEY_LISTEN_ADDRESS:
+                snprintf(buf, size, "%s", c->listen_address ? c->listen_address : "(none)");
+                break;
+        case CONF_KEY_INFERENCE_TOKEN:
+                snprintf(buf, size, "%s", c->inference_token ? "(set)" : "(device secret)");
+                break;
+        case CONF_KEY_INFERENCE_MODEL_FILE:
+                snprintf(buf, size, "%s", c->inference_model ? c->inference_model : "(task or checkpoint)");
+                break;
+        case CONF_KEY_SESSION_IDLE_SEC:
+                snprintf(buf, size, "%d", c->session_idle_sec);
+                break;
+        case CONF_KEY_INFERENCE_MEMORY_MIB:
+                snprintf(buf, size, "%d", c->inference_memory_mib);
+                break;
+        case CONF_KEY_INFERENCE_LAYERS:
+                if (c->layers_first < 0)
+                        snprintf(buf, size, "all");
+                else
+                        snprintf(buf, size, "%d-%d", c->layers_first, c->layers_last);
                 break;
         default:
                 snprintf(buf, size, "?");

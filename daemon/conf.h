@@ -35,6 +35,11 @@
  * [Federation]: Server= (http:// or https:// URL of the aggregator; empty = standalone),
  *   EnrollToken= (the fleet's enrollment token; shown as "(set)", never printed),
  *   CAFile= (absolute path of extra CA certificates for https).
+ * [Inference]: Serve= (boolean, no), ListenAddress= (IPv4 ADDR:PORT, 127.0.0.1:7878),
+ *   Token= (bearer token peers present; empty: the device secret), ModelFile= (absolute
+ *   path; empty: the federated task's model, else the checkpoint), SessionIdleSec= (1..86400,
+ *   60), MemoryMiB= (16..1048576, 512: weights plus every session's KV cache), Layers=
+ *   (FIRST-LAST: load and serve only these layers; empty or "all" = the whole model).
  * Booleans: yes/no, true/false, 1/0, on/off.
  * ActiveHours: "always", or windows "[days] HH:MM-HH:MM" separated by commas or spaces.
  *   days: Mon..Sun (any case), single or ranges (wrapping: "Fri-Mon"), several allowed
@@ -78,6 +83,14 @@ typedef enum {
         CONF_KEY_SERVER,
         CONF_KEY_ENROLL_TOKEN,
         CONF_KEY_CA_FILE,
+        /* [Inference] */
+        CONF_KEY_SERVE,
+        CONF_KEY_LISTEN_ADDRESS,
+        CONF_KEY_INFERENCE_TOKEN,
+        CONF_KEY_INFERENCE_MODEL_FILE,
+        CONF_KEY_SESSION_IDLE_SEC,
+        CONF_KEY_INFERENCE_MEMORY_MIB,
+        CONF_KEY_INFERENCE_LAYERS,
         _CONF_KEY_MAX,
         _CONF_KEY_INVALID = -EINVAL,
 } conf_key;
@@ -93,6 +106,9 @@ typedef enum {
 #define CONF_DEFAULT_STATE_DIRECTORY "/var/lib/edged"
 #define CONF_DEFAULT_CHECKPOINT_INTERVAL_SEC 300
 #define CONF_DEFAULT_MODEL CONF_MODEL_SMALL
+#define CONF_DEFAULT_LISTEN_ADDRESS "127.0.0.1:7878"
+#define CONF_DEFAULT_SESSION_IDLE_SEC 60
+#define CONF_DEFAULT_INFERENCE_MEMORY_MIB 512
 
 typedef struct {
         knob_origin origin;
@@ -109,6 +125,14 @@ typedef struct {
         char *server;       /* [Federation] Server=: aggregator URL; NULL = standalone */
         char *enroll_token; /* secret: never logged or shown */
         char *ca_file;
+        /* [Inference]: collaborative inference stage serving (daemon/stage-server.h) */
+        bool serve;
+        char *listen_address;   /* IPv4 "ADDR:PORT" */
+        char *inference_token;  /* secret; NULL: the device secret of the fleet identity */
+        char *inference_model;  /* ModelFile=; NULL: the task's model or the checkpoint */
+        int session_idle_sec;
+        int inference_memory_mib;
+        int layers_first, layers_last; /* Layers=: held span; -1, -1 = the whole model */
         bool lenient;
         uint32_t locked;        /* bit (1u << conf_key) per knob named in Locked= */
         uint32_t fleet_refused; /* bit per fleet knob that was not applied */
@@ -136,7 +160,7 @@ typedef struct {
 
 /* Key name <-> enum. conf_key_from_string() is case-sensitive ("MaxCores") and returns
  * -EINVAL for anything else (Locked and Lenient are not knobs). conf_key_section() is
- * "Policy", "Daemon" or "Federation". */
+ * "Policy", "Daemon", "Federation" or "Inference". */
 const char *conf_key_section(conf_key k);
 const char *conf_key_to_string(conf_key k);
 conf_key conf_key_from_string(const char *s);

@@ -15,6 +15,7 @@
 #include "policy.h"
 #include "power-events.h"
 #include "sensors.h"
+#include "stage-server.h"
 #include "stats-history.h"
 #include "trainer.h"
 
@@ -32,6 +33,8 @@ typedef struct manager {
         control_server *control;
         power_events *power;
         federation *fed; /* NULL: standalone */
+        stage_server *stage; /* [Inference] Serve=yes: collaborative inference */
+        double last_serve_try;
         model *sample_model; /* a copy of the parameters to sample from, made on demand */
 
         policy_state ps;

@@ -30,6 +30,7 @@
 #define STATE_SAVE_S 60.0
 #define DISK_RETRY_S 10.0 /* while paused disk-full, a checkpoint is tried this often */
 #define BATCH 4
+#define SERVE_RETRY_S 60.0 /* stage serving that could not start is tried again this often */
 #define VAL_EVERY_STEPS 200
 
 static char *below_root(const char *root, const char *path) {
@@ -239,11 +240,49 @@ static void feed_telemetry(manager *m, const federation_status *fs) {
                                             json_real(c.paused_s[i]));
         if (j && paused)
                 json_object_set_new(j, "paused_seconds", paused); /* over the last week */
+        uint64_t stage_version;
+        /* collaborative inference: where peers find this device's stage server */
+        if (j && stage_server_version(m->stage, &stage_version) == 0) {
+                json_object_set_new(j, "stage_url", json_string(stage_server_url(m->stage)));
+                json_object_set_new(j, "stage_version", json_integer((json_int_t) stage_version));
+        }
         char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
         if (text)
                 federation_set_telemetry(m->fed, text);
         free(text);
         json_decref(j);
+}
+
+/* Serving stages yields to the person at the machine like training does, but not for
+ * reasons that concern training alone (no data, no task, a full disk). */
+static bool serving_paused(const policy_decision *d) {
+        if (d->mode == POLICY_OFF)
+                return true;
+        return d->mode == POLICY_PAUSED && d->reason != POLICY_REASON_NO_DATA &&
+               d->reason != POLICY_REASON_NO_TASK && d->reason != POLICY_REASON_DISK_FULL;
+}
+
+/* [Inference] Serve=yes: bearer token from Token=, else the fleet identity's secret. */
+static int start_serving(manager *m) {
+        _cleanup_free_ char *secret = NULL;
+        const conf *c = &m->conf;
+
+        if (!c->serve || m->stage)
+                return 0;
+        m->last_serve_try = mono_now_s();
+        if (!c->inference_token)
+                secret = stage_server_identity_secret(m->state_dir);
+        stage_server_opts so = { .listen = c->listen_address,
+                                 .token = c->inference_token ? c->inference_token : secret,
+                                 .model_path = c->inference_model, .state_dir = m->state_dir,
+                                 .max_bytes = (size_t) c->inference_memory_mib << 20,
+                                 .idle_timeout_s = c->session_idle_sec, .max_sessions = 64,
+                                 .hold_span = c->layers_first >= 0, .first = c->layers_first,
+                                 .last = c->layers_last };
+        int r = stage_server_start(&so, &m->stage);
+        if (secret)
+                explicit_bzero(secret, strlen(secret));
+        return r < 0 ? log_warning_errno(r, "not serving inference stages: %m") : 0;
 }
 
 void manager_decide(manager *m) {
@@ -257,6 +296,9 @@ void manager_decide(manager *m) {
                             m->fed))
                 (void) start_training(m);
 
+        /* a device enrolling now has its secret (the serving token) only from now on */
+        if (m->conf.serve && !m->stage && mono_now_s() - m->last_serve_try >= SERVE_RETRY_S)
+                (void) start_serving(m);
         register_harvesters(m);
         r = sensors_sample(m->sensors, &m->sample);
         in.error = r < 0;
@@ -306,6 +348,7 @@ void manager_decide(manager *m) {
                         log_state(mode, why, "off");
         }
         m->last = d;
+        stage_server_set_paused(m->stage, serving_paused(&d), policy_reason_name(d.reason));
         account(m, &d, d.transition, now);
 
         status_line(m, line, sizeof(line));
@@ -403,6 +446,7 @@ static int setup(manager *m) {
                         return log_error_errno(r, "cannot start the federation client: %m");
                 log_info("federated with %s", m->conf.server);
         }
+        (void) start_serving(m);
         r = start_training(m);
         if (r < 0)
                 return r;
@@ -456,6 +500,7 @@ out:
         /* the federation thread may be waiting on the trainer: it goes first; the trainer
          * saves its checkpoint as it stops; the loader feeds it until then */
         federation_stop(m.fed);
+        stage_server_stop(m.stage);
         trainer_stop(m.trainer);
         loader_free(m.loader);
         if (m.state_file)

@@ -800,7 +800,14 @@ static void test_show(void **state) {
                    "Model = small (built-in)\n"
                    "Server = (none: standalone) (built-in)\n"
                    "EnrollToken = (none) (built-in)\n"
-                   "CAFile = (system) (built-in)\n",
+                   "CAFile = (system) (built-in)\n"
+                   "Serve = no (built-in)\n"
+                   "ListenAddress = 127.0.0.1:7878 (built-in)\n"
+                   "Token = (device secret) (built-in)\n"
+                   "ModelFile = (task or checkpoint) (built-in)\n"
+                   "SessionIdleSec = 60 (built-in)\n"
+                   "MemoryMiB = 512 (built-in)\n"
+                   "Layers = all (built-in)\n",
                    d, o);
         assert_string_equal(text, want);
         conf_done(&c);
