@@ -17,6 +17,7 @@
 #include "log.h"
 #include "macros.h"
 #include "server-internal.h"
+#include "student.h"
 #include "update-codec.h"
 
 #define AGG_BACKLOG_FACTOR 4  /* updates waiting, in buffers of K, before devices are told to wait */
@@ -93,6 +94,7 @@ enum MHD_Result agg_api_task(agg_request *rq) {
         const agg_settings *s = &rq->settings;
         _cleanup_free_ char *path = NULL;
         const char *inm;
+        agg_student stu;
         agg_version cur;
         struct stat st;
         json_t *j, *pol;
@@ -103,8 +105,10 @@ enum MHD_Result agg_api_task(agg_request *rq) {
             agg_blob_path(agg_store_dir(rq->srv->store), cur.blob, &path) < 0 || stat(path, &st) < 0)
                 return agg_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "storage",
                                          "the current model is not readable");
-        snprintf(rq->etag, sizeof(rq->etag), "\"%" PRIu64 "-%" PRIu64 "\"", cur.version,
-                 s->generation);
+        /* a newly published student changes the task too */
+        bool student = agg_student_read(agg_store_dir(rq->srv->store), &stu) >= 0;
+        snprintf(rq->etag, sizeof(rq->etag), "\"%" PRIu64 "-%" PRIu64 "%s%.12s\"", cur.version,
+                 s->generation, student ? "-" : "", student ? stu.sha : "");
         inm = header(rq, MHD_HTTP_HEADER_IF_NONE_MATCH);
         if (inm && (!strcmp(inm, rq->etag) || !strcmp(inm, "*")))
                 return agg_respond(rq, MHD_HTTP_NOT_MODIFIED, NULL, NULL, 0);
@@ -121,20 +125,19 @@ enum MHD_Result agg_api_task(agg_request *rq) {
                       f2d(s->weight_decay), "encoding", upd_encoding_to_string(s->encoding),
                       "topk_fraction", f2d(s->topk_fraction), "max_staleness",
                       s->max_staleness, "report_interval_s", s->report_interval_s, "policy", pol);
+        if (j && student)
+                json_object_set_new(j, "student",
+                                    json_pack("{s:s, s:s, s:I, s:I}", "model", stu.config,
+                                              "model_sha256", stu.sha, "model_bytes",
+                                              (json_int_t) stu.bytes, "teacher_version",
+                                              (json_int_t) stu.teacher_version));
         return agg_respond_json(rq, MHD_HTTP_OK, j);
 }
 
 enum MHD_Result agg_api_model(agg_request *rq, const char *vs) {
         _cleanup_free_ char *path = NULL;
-        const char *inm, *range;
-        struct MHD_Response *resp;
-        uint64_t off = 0, last;
         agg_version v;
-        struct stat st;
-        enum MHD_Result ret;
-        unsigned status = MHD_HTTP_OK;
-        char *end, buf[96];
-        int fd;
+        char *end, gone[64];
 
         if (!agg_authenticate(rq))
                 return MHD_YES;
@@ -147,14 +150,28 @@ enum MHD_Result agg_api_model(agg_request *rq, const char *vs) {
             agg_blob_path(agg_store_dir(rq->srv->store), v.blob, &path) < 0)
                 return agg_respond_error(rq, MHD_HTTP_NOT_FOUND, "not-found", "no version %llu",
                                          version);
+        snprintf(gone, sizeof(gone), "version %llu has been pruned", version);
+        return agg_serve_blob(rq, path, v.blob, gone);
+}
+
+enum MHD_Result agg_serve_blob(agg_request *rq, const char *path, const char *sha,
+                               const char *gone) {
+        const char *inm, *range;
+        struct MHD_Response *resp;
+        uint64_t off = 0, last;
+        struct stat st;
+        enum MHD_Result ret;
+        unsigned status = MHD_HTTP_OK;
+        char *end, buf[96];
+        int fd;
+
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0 || fstat(fd, &st) < 0) {
                 if (fd >= 0)
                         close(fd);
-                return agg_respond_error(rq, MHD_HTTP_NOT_FOUND, "not-found",
-                                         "version %llu has been pruned", version);
+                return agg_respond_error(rq, MHD_HTTP_NOT_FOUND, "not-found", "%s", gone);
         }
-        snprintf(rq->etag, sizeof(rq->etag), "\"%s\"", v.blob);
+        snprintf(rq->etag, sizeof(rq->etag), "\"%s\"", sha);
         inm = header(rq, MHD_HTTP_HEADER_IF_NONE_MATCH);
         if (inm && (!strcmp(inm, rq->etag) || !strcmp(inm, "*"))) {
                 close(fd);

@@ -182,6 +182,8 @@ static enum MHD_Result route(agg_request *rq, const char *method, const char *ur
                 return agg_api_task(rq);
         if (!strncmp(url, "/v1/model/", 10))
                 return agg_api_model(rq, url + 10);
+        if (!strcmp(url, "/v1/student") || !strncmp(url, "/v1/student/", 12))
+                return agg_api_student(rq, url + 11);
         if (!strcmp(url, "/v1/peers"))
                 return agg_api_peers(rq);
         if (!strcmp(url, "/metrics"))

@@ -60,6 +60,12 @@ enum MHD_Result agg_api_model(agg_request *rq, const char *version);
 enum MHD_Result agg_api_update(agg_request *rq);
 enum MHD_Result agg_api_telemetry(agg_request *rq);
 enum MHD_Result agg_api_peers(agg_request *rq); /* peers.c */
+enum MHD_Result agg_api_student(agg_request *rq, const char *rest); /* student-api.c */
+
+/* Serves the content-addressed file at path (ETag the sha, If-None-Match, one Range);
+ * 404 with the message gone when it is not there. */
+enum MHD_Result agg_serve_blob(agg_request *rq, const char *path, const char *sha,
+                               const char *gone);
 enum MHD_Result agg_api_metrics(agg_request *rq);
 enum MHD_Result agg_api_status_page(agg_request *rq);
 

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,6 +28,8 @@
 #include "hash.h"
 #include "macros.h"
 #include "model.h"
+#include "server.h"
+#include "store.h"
 #include "student.h"
 #include "test-files.h"
 
@@ -170,6 +174,154 @@ static void test_damaged_json(void **state) {
         free(path);
 }
 
+/* ---- over HTTP: an in-process aggregator with one enrolled device ---- */
+
+typedef struct {
+        long status;
+        char *body;
+        size_t size;
+        char etag[128];
+} reply;
+
+static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
+        reply *r = ud;
+        char *b = realloc(r->body, r->size + sz * n + 1);
+        assert_non_null(b);
+        memcpy(b + r->size, p, sz * n);
+        r->size += sz * n;
+        b[r->size] = 0;
+        r->body = b;
+        return sz * n;
+}
+
+static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
+        reply *r = ud;
+        if (sz * n > 6 && !strncasecmp(p, "ETag: ", 6))
+                snprintf(r->etag, sizeof(r->etag), "%.*s", (int) strcspn(p + 6, "\r\n"), p + 6);
+        return sz * n;
+}
+
+/* GET url with the given headers (NULL-terminated); auth NULL: none. */
+static reply get(const char *url, const char *auth, const char *extra) {
+        CURL *c = curl_easy_init();
+        struct curl_slist *h = NULL;
+        char line[256];
+        reply r = { 0 };
+
+        assert_non_null(c);
+        if (auth) {
+                snprintf(line, sizeof(line), "Authorization: %s", auth);
+                h = curl_slist_append(h, line);
+        }
+        if (extra)
+                h = curl_slist_append(h, extra);
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+        curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+        assert_int_equal(curl_easy_perform(c), CURLE_OK);
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+        curl_slist_free_all(h);
+        curl_easy_cleanup(c);
+        return r;
+}
+
+static void test_http(void **state) {
+        char dir[256], auth[160], base[64], url[128], tok[AGG_ID_HEX], id[AGG_ID_HEX],
+                secret[AGG_SECRET_HEX], sha[65], err[256], *kv[] = { "Model=tiny" };
+        char *ckpt = make_ckpt("http.ckpt", 21, false), *blob = NULL, *file = NULL;
+        agg_server_options o = { .listen = "127.0.0.1:0", .no_merger = true };
+        agg_store *store;
+        agg_server *srv;
+        agg_student st;
+        model_config cfg;
+        model *m;
+        reply r, task0, task1;
+        size_t file_size;
+
+        snprintf(dir, sizeof(dir), "%s/agg", test_tmpdir);
+        assert_int_equal(agg_store_create(dir, &store), 0);
+        assert_int_equal(agg_store_set(store, kv, 1, true, err, sizeof(err)), 0);
+        assert_int_equal(model_config_by_name("tiny", &cfg), 0);
+        assert_int_equal(model_new(&cfg, 1, 1, &m), 0);
+        model_init_params(m, 3);
+        assert_int_equal(agg_blob_save_model(dir, m, 0, sha), 0);
+        assert_int_equal(agg_store_insert_version0(store, sha), 0);
+        model_free(m);
+        assert_int_equal(agg_store_token_create(store, 0, 1, tok), 0);
+        assert_int_equal(agg_store_enroll(store, tok, "t", id, secret), 0);
+        snprintf(auth, sizeof(auth), "Bearer %s:%s", id, secret);
+        assert_int_equal(agg_server_start(store, &o, &srv), 0);
+        snprintf(base, sizeof(base), "http://127.0.0.1:%u", agg_server_port(srv));
+
+        snprintf(url, sizeof(url), "%s/v1/student", base);
+        r = get(url, auth, NULL);
+        assert_int_equal(r.status, 404); /* none yet */
+        assert_non_null(strstr(r.body, "no student"));
+        free(r.body);
+        snprintf(url, sizeof(url), "%s/v1/task", base);
+        task0 = get(url, auth, NULL);
+        assert_int_equal(task0.status, 200);
+        assert_null(strstr(task0.body, "\"student\""));
+
+        assert_int_equal(agg_student_publish(dir, ckpt, 0, &st), 0);
+        assert_int_equal(agg_student_blob_path(dir, st.sha, &blob), 0);
+        assert_int_equal(read_full_file(blob, 1 << 26, (void **) &file, &file_size), 0);
+
+        snprintf(url, sizeof(url), "%s/v1/student", base);
+        r = get(url, NULL, NULL);
+        assert_int_equal(r.status, 401);
+        free(r.body);
+        r = get(url, auth, NULL);
+        assert_int_equal(r.status, 200);
+        assert_non_null(strstr(r.body, st.sha));
+        assert_non_null(strstr(r.body, "\"tiny\""));
+        free(r.body);
+
+        /* the weights: whole, a range, and not again when unchanged */
+        snprintf(url, sizeof(url), "%s/v1/student/model", base);
+        r = get(url, auth, NULL);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(r.size, file_size);
+        assert_memory_equal(r.body, file, file_size);
+        char etag[140];
+        snprintf(etag, sizeof(etag), "\"%s\"", st.sha);
+        assert_string_equal(r.etag, etag);
+        free(r.body);
+        r = get(url, auth, "Range: bytes=100-199");
+        assert_int_equal(r.status, 206);
+        assert_int_equal(r.size, 100);
+        assert_memory_equal(r.body, file + 100, 100);
+        free(r.body);
+        snprintf(err, sizeof(err), "If-None-Match: %s", etag);
+        r = get(url, auth, err);
+        assert_int_equal(r.status, 304);
+        free(r.body);
+        snprintf(url, sizeof(url), "%s/v1/student/other", base);
+        r = get(url, auth, NULL);
+        assert_int_equal(r.status, 404);
+        free(r.body);
+
+        /* the task names it, under a new ETag */
+        snprintf(url, sizeof(url), "%s/v1/task", base);
+        task1 = get(url, auth, NULL);
+        assert_int_equal(task1.status, 200);
+        assert_non_null(strstr(task1.body, "\"student\""));
+        assert_non_null(strstr(task1.body, st.sha));
+        assert_string_not_equal(task0.etag, task1.etag);
+
+        agg_server_stop(srv);
+        agg_store_free(store);
+        free(task0.body);
+        free(task1.body);
+        free(file);
+        free(blob);
+        free(ckpt);
+}
+
 static int setup(void **state) {
         blas_set_threads(1);
         return test_tmpdir_create("test-student");
@@ -180,6 +332,7 @@ int main(void) {
                 cmocka_unit_test(test_publish_read_replace),
                 cmocka_unit_test(test_refuses_bad_checkpoints),
                 cmocka_unit_test(test_damaged_json),
+                cmocka_unit_test(test_http),
         };
         return cmocka_run_group_tests(tests, setup, test_tmpdir_remove);
 }
