@@ -24,6 +24,9 @@
 #define BACKOFF_JITTER 0.25
 #define TASK_POLL_S 30.0 /* between rounds, how often to look for a new version */
 #define TRAINER_WAIT_S 60.0
+/* a model file is its tensors (n_params floats) plus a header of names, shapes and metadata:
+ * a few KiB for MODEL_MAX_VIEWS tensors; anything beyond this is not a model of that config */
+#define MODEL_HEADER_MAX ((uint64_t) 1 << 20)
 
 static const char *const link_names[_FED_LINK_MAX] = {
         [FED_LINK_ENROLLING] = "enrolling",
@@ -52,8 +55,13 @@ struct federation {
         char *telemetry;
 
         /* the thread's own */
-        fed_task task;
-        char *model_path;      /* the task's model file */
+        fed_task task;         /* the last task; its model may not be here (yet, or ever) */
+        char *model_path;      /* the last model that passed validation: the one to train from */
+        uint64_t model_version;
+        model_config model_cfg;
+        bool have_rejected;    /* the task's model failed validation: not fetched again */
+        uint64_t rejected_version;
+        char rejected_sha256[65];
         uint64_t based_on;     /* version handed to the trainer as base; UINT64_MAX: none */
         float *delta, *residual, *residual_work, *params;
         size_t n_params;
@@ -120,55 +128,161 @@ static trainer *get_trainer(federation *f) {
         return t;
 }
 
-/* Fetches the task and, when it names another version, its model. */
+static bool same_shape(const model_config *a, const model_config *b) {
+        return a->block_size == b->block_size && a->n_embd == b->n_embd &&
+               a->n_layer == b->n_layer && a->n_head == b->n_head;
+}
+
+/* Loads path as a complete, finite model of exactly cfg (ckpt_load checks names, shapes and
+ * values); -EBADMSG when the file is no such model. */
+static int load_model(const char *path, const model_config *cfg, model **ret) {
+        model *m = NULL;
+        ckpt_state cs;
+        int r = model_new(cfg, 1, 1, &m);
+
+        if (r >= 0)
+                r = ckpt_load(path, m, NULL, &cs);
+        if (r < 0) {
+                model_free(m);
+                return r;
+        }
+        *ret = m;
+        return 0;
+}
+
+/* Why the task's model cannot be trained here, decided before fetching it: another config
+ * than the trainer's (a device trains one model; a restart picks up another), or a size no
+ * model of its config has (which would also make us download and map up to the client's
+ * limit for nothing). NULL when it may be fine. */
+static const char *task_model_unfit(federation *f, trainer *t, char *buf, size_t size) {
+        _cleanup_free_ model_layout *lay = malloc(sizeof(*lay));
+        const model_config *c = &f->task.cfg;
+
+        if (!lay)
+                return "out of memory";
+        if (t && !same_shape(trainer_model_config(t), c)) {
+                const model_config *tc = trainer_model_config(t);
+                snprintf(buf, size,
+                         "it is a T=%d C=%d L=%d H=%d model, this device trains T=%d C=%d L=%d "
+                         "H=%d (restart edged to change)",
+                         c->block_size, c->n_embd, c->n_layer, c->n_head, tc->block_size,
+                         tc->n_embd, tc->n_layer, tc->n_head);
+                return buf;
+        }
+        model_layout_init(lay, c);
+        uint64_t tensors = (uint64_t) lay->n_params * sizeof(float);
+        if (f->task.model_bytes < tensors || f->task.model_bytes - tensors > MODEL_HEADER_MAX) {
+                snprintf(buf, size,
+                         "its %" PRIu64 " bytes cannot be a T=%d C=%d L=%d H=%d model (%" PRIu64
+                         " bytes of tensors)",
+                         f->task.model_bytes, c->block_size, c->n_embd, c->n_layer, c->n_head,
+                         tensors);
+                return buf;
+        }
+        return NULL;
+}
+
+/* The task's model is refused until the aggregator publishes another: training goes on from
+ * the last good one, and the same blob is not fetched again and again. */
+static void reject_model(federation *f, const char *why) {
+        f->have_rejected = true;
+        f->rejected_version = f->task.version;
+        memcpy(f->rejected_sha256, f->task.model_sha256, sizeof(f->rejected_sha256));
+        if (f->model_path)
+                log_warning("not training from the aggregator's version %" PRIu64
+                            ": %s; staying with version %" PRIu64,
+                            f->task.version, why, f->model_version);
+        else
+                log_warning("not training from the aggregator's version %" PRIu64 ": %s",
+                            f->task.version, why);
+        pthread_mutex_lock(&f->lock);
+        snprintf(f->st.last_error, sizeof(f->st.last_error), "model %" PRIu64 " refused: %s",
+                 f->task.version, why);
+        pthread_mutex_unlock(&f->lock);
+}
+
+/* Fetches the task and, when it names a model we do not have, that model. */
 static int refresh_task(federation *f) {
-        char err[256] = "";
+        char err[256] = "", why[200];
         bool changed = false;
+        model *m = NULL;
         int r = fed_get_task(f->client, &f->task, &changed, err, sizeof(err));
 
         if (r < 0)
                 return back_off(f, r, err) ? r : -ESHUTDOWN;
-        contact_ok(f);
         f->next_task_poll = mono_now_s() + TASK_POLL_S;
-        if (!changed && f->model_path)
+        /* a 304 says the task is the same, not that its model is here: a download may have
+         * failed, so go by the version of the model at hand */
+        if ((f->model_path && f->model_version == f->task.version) ||
+            (f->have_rejected && f->rejected_version == f->task.version &&
+             strcmp(f->rejected_sha256, f->task.model_sha256) == 0)) {
+                contact_ok(f);
                 return 0;
+        }
+        const char *unfit = task_model_unfit(f, get_trainer(f), why, sizeof(why));
+        if (unfit) {
+                contact_ok(f);
+                reject_model(f, unfit);
+                return 0;
+        }
         char *path = NULL;
         r = fed_fetch_model(f->client, &f->task, &path, err, sizeof(err));
+        /* the backoff resets only once the model is here too: else a blob that always breaks
+         * off or fails its hash would be downloaded again every second */
         if (r < 0)
                 return back_off(f, r, err) ? r : -ESHUTDOWN;
+        contact_ok(f);
+        /* the hash proves only that this is the blob the aggregator meant: it must also be a
+         * model to train from, or it is not kept as the task's model file */
+        r = load_model(path, &f->task.cfg, &m);
+        model_free(m);
+        if (r == -EBADMSG) {
+                if (unlink(path) < 0 && errno != ENOENT)
+                        (void) log_warning_errno(errno, "cannot remove %s: %m", path);
+                free(path);
+                reject_model(f, "not a valid model of its config (see above)");
+                return 0;
+        }
+        if (r < 0) {
+                free(path);
+                snprintf(err, sizeof(err), "loading model %" PRIu64 ": %s", f->task.version,
+                         strerror(-r));
+                return back_off(f, r, err) ? r : -ESHUTDOWN;
+        }
         free(f->model_path);
         f->model_path = path;
+        f->model_version = f->task.version;
+        f->model_cfg = f->task.cfg;
         pthread_mutex_lock(&f->lock);
         f->st.have_task = true;
-        f->st.version = f->task.version;
-        f->cfg = f->task.cfg;
+        f->st.version = f->model_version;
+        f->cfg = f->model_cfg;
         f->have_config = true;
         pthread_mutex_unlock(&f->lock);
         return 0;
 }
 
-/* Loads the task's model and makes it the trainer's base; replace: the local parameters too. */
+/* Makes the model at hand the trainer's base; replace: the local parameters too. */
 static int rebase(federation *f, trainer *t, bool replace) {
         model *m = NULL;
-        ckpt_state cs;
-        int r = model_new(&f->task.cfg, 1, 1, &m);
+        int r;
 
-        if (r >= 0)
-                r = ckpt_load(f->model_path, m, NULL, &cs);
-        if (r >= 0 && m->layout.n_params != trainer_n_params(t))
+        if (!same_shape(&f->model_cfg, trainer_model_config(t)))
                 r = log_warning_errno(EPROTO, "the aggregator's model does not match the trainer's; restart edged");
+        else
+                r = load_model(f->model_path, &f->model_cfg, &m);
         if (r >= 0)
-                r = trainer_set_base(t, m->params, f->task.version, replace, TRAINER_WAIT_S);
+                r = trainer_set_base(t, m->params, f->model_version, replace, TRAINER_WAIT_S);
         model_free(m);
         if (r < 0)
                 return log_warning_errno(r, "cannot take version %" PRIu64 " as the base: %m",
-                                         f->task.version);
-        f->based_on = f->task.version;
+                                         f->model_version);
+        f->based_on = f->model_version;
         trainer_set_lr(t, f->task.lr);
         pthread_mutex_lock(&f->lock);
-        f->st.base_version = f->task.version;
+        f->st.base_version = f->model_version;
         pthread_mutex_unlock(&f->lock);
-        log_info("training from the aggregator's version %" PRIu64 "%s", f->task.version,
+        log_info("training from the aggregator's version %" PRIu64 "%s", f->model_version,
                  replace ? "" : " (resuming local progress)");
         return 0;
 }
@@ -248,7 +362,8 @@ static int make_update(federation *f, trainer *t) {
         if (fed_pending_load(f->client, &old, &old_body, &old_size) >= 0 &&
             old.base_version == round.base_version)
                 memcpy(meta.idempotency_key, old.idempotency_key, sizeof(meta.idempotency_key));
-        model_layout_init(&lay, &f->task.cfg);
+        /* the trainer's layout: the task may name another config since (refused, not trained) */
+        model_layout_init(&lay, trainer_model_config(t));
         /* error feedback is committed only once the aggregator acknowledges */
         memcpy(f->residual_work, f->residual, f->n_params * sizeof(float));
         r = upd_encode(f->task.encoding, round.base_version, &lay, f->delta, f->task.topk_fraction,
@@ -304,14 +419,21 @@ static int step(federation *f) {
         trainer_round round;
         int r;
 
-        if (!f->model_path || f->need_rebase || mono_now_s() >= f->next_task_poll) {
+        /* without a model, ask every pass, unless the task's model was refused: then at the
+         * usual pace, until the aggregator publishes another */
+        if ((!f->model_path && !f->have_rejected) || f->need_rebase ||
+            mono_now_s() >= f->next_task_poll) {
                 r = refresh_task(f);
                 if (r < 0)
                         return r == -ESHUTDOWN ? r : 0;
         }
         t = get_trainer(f);
-        if (!t)
+        if (!t) {
+                /* telemetry still goes out: a device without data may serve inference stages */
+                if (mono_now_s() >= f->next_report)
+                        report(f);
                 return 0; /* the manager starts it once the config is known */
+        }
         if (ensure_buffers(f, trainer_n_params(t)) < 0)
                 return 0;
         trainer_get_round(t, &round);
@@ -320,7 +442,7 @@ static int step(federation *f) {
                  * version (a restart), else start from the aggregator's model */
                 trainer_stats ts;
                 trainer_get_stats(t, &ts);
-                (void) rebase(f, t, !(round.base_version == f->task.version && ts.step > 0));
+                (void) rebase(f, t, !(round.base_version == f->model_version && ts.step > 0));
                 return 0;
         }
         r = send_pending(f);
@@ -347,7 +469,7 @@ static int step(federation *f) {
                         if (r > 0)
                                 f->need_rebase = true;
                 }
-        } else if (f->task.version != f->based_on && round.steps == 0)
+        } else if (f->model_version != f->based_on && round.steps == 0)
                 (void) rebase(f, t, true);
         else if (round.steps < f->pending_steps + f->task.local_steps) {
                 /* wake when the round is complete rather than a second late */
