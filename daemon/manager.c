@@ -439,8 +439,12 @@ static int setup(manager *m) {
                          strerror(-r), SAMPLE_USEC / 1e6);
 
         if (m->conf.server) {
+                /* training holds a model four times (parameters, gradients, two moments):
+                 * a task's model that could not fit MaxMemoryMiB is not even downloaded */
                 fed_options fo = { .server = m->conf.server, .enroll_token = m->conf.enroll_token,
-                                   .ca_file = m->conf.ca_file, .state_dir = m->state_dir };
+                                   .ca_file = m->conf.ca_file, .state_dir = m->state_dir,
+                                   .max_model_bytes = (size_t) m->conf.knobs.max_memory_mib *
+                                                      (1024 * 1024 / 4) };
                 r = federation_start(&fo, &m->fed);
                 if (r < 0)
                         return log_error_errno(r, "cannot start the federation client: %m");
