@@ -35,6 +35,7 @@
 #include "store.h"
 #include "update-codec.h"
 #include "test-files.h"
+#include "test-http.h"
 
 #define TMPFS_OPTIONS "size=16m"
 #define BUFFER_K 3
@@ -60,32 +61,6 @@ static size_t n_keys;
 
 /* ---- a tiny HTTP client ---- */
 
-typedef struct {
-        long status;
-        char *body;
-        size_t size;
-        char retry_after[16];
-} reply;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
-        reply *r = ud;
-        char *b = realloc(r->body, r->size + sz * n + 1);
-        assert_non_null(b);
-        memcpy(b + r->size, p, sz * n);
-        r->size += sz * n;
-        b[r->size] = 0;
-        r->body = b;
-        return sz * n;
-}
-
-static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
-        reply *r = ud;
-        if (!strncasecmp(p, "Retry-After: ", 13))
-                snprintf(r->retry_after, sizeof(r->retry_after), "%.*s",
-                         (int) strcspn(p + 13, "\r\n"), p + 13);
-        return sz * n;
-}
-
 /* GET when body is NULL; hdrs NULL-terminated. */
 static reply http(const char *path, const void *body, size_t size, const char *const *hdrs) {
         CURL *c = curl_easy_init();
@@ -97,9 +72,9 @@ static reply http(const char *path, const void *body, size_t size, const char *c
         snprintf(url, sizeof(url), "%s%s", base_url, path);
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, reply_on_body);
         curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, reply_on_header);
         curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
         for (size_t i = 0; hdrs && hdrs[i]; i++)

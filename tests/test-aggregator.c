@@ -30,6 +30,7 @@
 #include "store.h"
 #include "update-codec.h"
 #include "test-files.h"
+#include "test-http.h"
 
 static agg_store *store;
 static agg_server *server;
@@ -37,34 +38,6 @@ static model_layout lay;
 static char base_url[64], auth[160], store_dir[128];
 
 /* ---- a tiny HTTP client ---- */
-
-typedef struct {
-        long status;
-        char *body;
-        size_t size;
-        char etag[128], retry_after[16];
-} reply;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
-        reply *r = ud;
-        char *b = realloc(r->body, r->size + sz * n + 1);
-        assert_non_null(b);
-        memcpy(b + r->size, p, sz * n);
-        r->size += sz * n;
-        b[r->size] = 0;
-        r->body = b;
-        return sz * n;
-}
-
-static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
-        reply *r = ud;
-        if (!strncasecmp(p, "ETag: ", 6))
-                snprintf(r->etag, sizeof(r->etag), "%.*s", (int) strcspn(p + 6, "\r\n"), p + 6);
-        if (!strncasecmp(p, "Retry-After: ", 13))
-                snprintf(r->retry_after, sizeof(r->retry_after), "%.*s",
-                         (int) strcspn(p + 13, "\r\n"), p + 13);
-        return sz * n;
-}
 
 typedef struct {
         const void *data;
@@ -91,9 +64,9 @@ static reply http(const char *base, const char *path, const void *body, size_t s
         snprintf(url, sizeof(url), "%s%s", base, path);
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, reply_on_body);
         curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, reply_on_header);
         curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
         for (size_t i = 0; hdrs && hdrs[i]; i++)

@@ -32,6 +32,7 @@
 #include "store.h"
 #include "student.h"
 #include "test-files.h"
+#include "test-http.h"
 
 /* A tiny checkpoint with parameters from seed; with_nan poisons one of them. */
 static char *make_ckpt(const char *name, uint64_t seed, bool with_nan) {
@@ -176,31 +177,6 @@ static void test_damaged_json(void **state) {
 
 /* ---- over HTTP: an in-process aggregator with one enrolled device ---- */
 
-typedef struct {
-        long status;
-        char *body;
-        size_t size;
-        char etag[128];
-} reply;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
-        reply *r = ud;
-        char *b = realloc(r->body, r->size + sz * n + 1);
-        assert_non_null(b);
-        memcpy(b + r->size, p, sz * n);
-        r->size += sz * n;
-        b[r->size] = 0;
-        r->body = b;
-        return sz * n;
-}
-
-static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
-        reply *r = ud;
-        if (sz * n > 6 && !strncasecmp(p, "ETag: ", 6))
-                snprintf(r->etag, sizeof(r->etag), "%.*s", (int) strcspn(p + 6, "\r\n"), p + 6);
-        return sz * n;
-}
-
 /* GET url with the given headers (NULL-terminated); auth NULL: none. */
 static reply get(const char *url, const char *auth, const char *extra) {
         CURL *c = curl_easy_init();
@@ -217,9 +193,9 @@ static reply get(const char *url, const char *auth, const char *extra) {
                 h = curl_slist_append(h, extra);
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, reply_on_body);
         curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, reply_on_header);
         curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
         assert_int_equal(curl_easy_perform(c), CURLE_OK);
