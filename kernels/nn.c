@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "macros.h"
+#include "nn-exp.h"
 #include "parallel.h"
 
 /* Hot loops get an AVX2+FMA clone picked at load time, so the portable build still runs
@@ -21,29 +22,6 @@
 #define ELEMENT_GRAIN 32768
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_CUBIC 0.044715f
-
-/* Cephes-style expf: range reduction by ln 2, degree-6 polynomial, 2^n through the
- * exponent bits. Branch-free so that the loops calling it vectorise. */
-static inline float exp_approx(float x) {
-        x = x > 88.3f ? 88.3f : x;
-        x = x < -87.3f ? -87.3f : x;
-        /* round to nearest by the 1.5*2^23 trick: rintf does not vectorise on baseline x86-64 */
-        float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-        float r = x - n * 0.693359375f;
-        r = r - n * -2.12194440e-4f;
-        float p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * r * r + r + 1.0f;
-        union {
-                int32_t i;
-                float f;
-        } scale = { .i = ((int32_t) n + 127) << 23 };
-        return p * scale.f;
-}
 
 /* Reductions in 8 independent lanes: the compiler may not reorder float sums itself, and a
  * single accumulator would serialise on the add latency. */
@@ -70,7 +48,7 @@ static inline float dot_floats(const float *x, const float *y, size_t n) {
 }
 
 float nn_expf(float x) {
-        return exp_approx(x);
+        return nn_exp_fast(x);
 }
 
 void nn_encoder_forward(float *out, const uint8_t *tokens, const float *wte, const float *wpe,
@@ -191,7 +169,7 @@ static void causal_softmax_row(float *row, int i, int n) {
         for (int j = 1; j <= i; j++)
                 mx = row[j] > mx ? row[j] : mx;
         for (int j = 0; j <= i; j++)
-                row[j] = exp_approx(row[j] - mx);
+                row[j] = nn_exp_fast(row[j] - mx);
         float inv = 1.0f / sum_floats(row, (size_t) i + 1);
         for (int j = 0; j <= i; j++)
                 row[j] *= inv;
@@ -306,7 +284,7 @@ void nn_attention_backward(float *dqkv, float *datt, const float *dout, const fl
  * sigmoid goes through exp(-|z|) <= 1 so no lane ever divides by a huge number: that would
  * make subnormal results, which cost a microcode assist per element on some CPUs. */
 static inline float sigmoid(float z) {
-        float e = exp_approx(-fabsf(z));
+        float e = nn_exp_fast(-fabsf(z));
         float s = 1.0f / (1.0f + e);
         return z >= 0.0f ? s : e * s;
 }
@@ -369,7 +347,7 @@ NN_HOT float nn_crossentropy_forward(float *probs, float *losses, const float *l
                 for (int i = 1; i < V; i++)
                         mx = l[i] > mx ? l[i] : mx;
                 for (int i = 0; i < V; i++)
-                        p[i] = exp_approx(l[i] - mx);
+                        p[i] = nn_exp_fast(l[i] - mx);
                 /* >= 1: the maximum's own term is exp(0) */
                 float sum = sum_floats(p, (size_t) V);
                 float inv = 1.0f / sum;

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "nn.h"
+#include "nn-exp.h"
 
 /* Columns the attention loops carry in registers: four AVX2 vectors of accumulators, so that
  * no sum waits on a store of the previous step. */
@@ -130,26 +131,6 @@ void sampler_reset(sampler *s) {
 #define SAMPLE_HOT
 #endif
 
-/* nn_expf's polynomial (kernels/nn.c), inlined here so that the softmax loop vectorises. */
-static inline float exp_inline(float x) {
-        x = x > 88.3f ? 88.3f : x;
-        x = x < -87.3f ? -87.3f : x;
-        float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-        float r = x - n * 0.693359375f;
-        r = r - n * -2.12194440e-4f;
-        float p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * r * r + r + 1.0f;
-        int32_t e = ((int32_t) n + 127) << 23;
-        float two_n;
-        memcpy(&two_n, &e, sizeof(two_n));
-        return p * two_n;
-}
-
 int sample_kv_t_pad(int T) {
         return (T + AW - 1) / AW * AW;
 }
@@ -191,7 +172,7 @@ SAMPLE_HOT void sample_attend(const float *q_all, const float *kt, const float *
                 for (int j = 0; j < n; j++)
                         mx = scores[j] > mx ? scores[j] : mx;
                 for (int j = 0; j < n; j++) {
-                        scores[j] = exp_inline(scores[j] - mx);
+                        scores[j] = nn_exp_fast(scores[j] - mx);
                         sum += scores[j];
                 }
                 for (int j = 0; j < n; j++)
