@@ -131,6 +131,10 @@ enum MHD_Result agg_api_task(agg_request *rq) {
                                               "model_sha256", stu.sha, "model_bytes",
                                               (json_int_t) stu.bytes, "teacher_version",
                                               (json_int_t) stu.teacher_version));
+        /* the fleet's stage token: the stage servers of enrolled devices accept it */
+        const char *stage_token = agg_store_stage_token(rq->srv->store);
+        if (j && stage_token)
+                json_object_set_new(j, "stage_token", json_string(stage_token));
         return agg_respond_json(rq, MHD_HTTP_OK, j);
 }
 

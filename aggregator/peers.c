@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* GET /v1/peers?version=V: the stage servers of collaborative inference that devices
- * announced in their telemetry ("stage_url", "stage_version"), recently seen first. Only
- * enrolled devices may ask (the list holds their network addresses). */
+ * announced in their telemetry ("stage_url", "stage_version"), recently seen first, and the
+ * fleet's stage token they accept. Only enrolled devices may ask (the list holds their
+ * network addresses). */
 #include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
@@ -63,5 +64,10 @@ enum MHD_Result agg_api_peers(agg_request *rq) {
         agg_devices_free(d, n);
         if (!list)
                 return MHD_NO;
-        return agg_respond_json(rq, MHD_HTTP_OK, json_pack("{s:o}", "peers", list));
+        /* and the fleet's stage token they accept, so edgectl generate --fleet needs one call */
+        json_t *j = json_pack("{s:o}", "peers", list);
+        const char *stage_token = agg_store_stage_token(rq->srv->store);
+        if (j && stage_token)
+                json_object_set_new(j, "stage_token", json_string(stage_token));
+        return agg_respond_json(rq, MHD_HTTP_OK, j);
 }

@@ -20,6 +20,7 @@ struct agg_store {
         sqlite3 *db;
         char *dir;
         pthread_mutex_t lock;
+        char stage_token[AGG_SECRET_HEX]; /* "" when it could not be made */
 };
 
 static const char schema[] =
@@ -39,7 +40,8 @@ static const char schema[] =
         " merged_into INTEGER, dropped INTEGER NOT NULL DEFAULT 0, body BLOB,"
         " UNIQUE(device, idem_key));"
         "CREATE INDEX IF NOT EXISTS updates_pending ON updates(merged_into, dropped, id);"
-        "CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);";
+        "CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);";
 
 static void stmt_finalizep(sqlite3_stmt **st) {
         if (*st)
@@ -103,6 +105,39 @@ static void rollback(agg_store *s) {
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+/* The fleet's stage token: made once (random), then read back on every open. A store that
+ * cannot write it now (a full disk) goes on without one and tries again at the next open. */
+static bool read_stage_token(agg_store *s) {
+        _cleanup_stmt_ sqlite3_stmt *q = NULL;
+
+        if (prepare(s, "SELECT value FROM meta WHERE key='stage_token'", &q) < 0 ||
+            sqlite3_step(q) != SQLITE_ROW)
+                return false;
+        const char *v = (const char *) sqlite3_column_text(q, 0);
+        if (!v || strlen(v) != AGG_SECRET_HEX - 1)
+                return false;
+        memcpy(s->stage_token, v, AGG_SECRET_HEX);
+        return true;
+}
+
+/* The fleet's stage token: made once (random), then read back at every open. A store that
+ * cannot write it now (a full disk) goes on without one and tries again at the next open. */
+static void load_stage_token(agg_store *s) {
+        _cleanup_stmt_ sqlite3_stmt *q = NULL;
+        char fresh[AGG_SECRET_HEX];
+
+        if (read_stage_token(s) || hash_random_hex(32, fresh) < 0)
+                return;
+        if (prepare(s, "INSERT OR IGNORE INTO meta(key, value) VALUES('stage_token', ?)", &q) == 0) {
+                sqlite3_bind_text(q, 1, fresh, -1, SQLITE_STATIC);
+                if (sqlite3_step(q) != SQLITE_DONE)
+                        log_warning("%s/%s: cannot store the fleet stage token: %s", s->dir,
+                                    AGG_DB_NAME, sqlite3_errmsg(s->db));
+        }
+        explicit_bzero(fresh, sizeof(fresh));
+        (void) read_stage_token(s);
+}
+
 static int open_db(const char *dir, bool create, agg_store **ret) {
         _cleanup_free_ char *path = NULL;
         agg_store *s;
@@ -140,6 +175,7 @@ static int open_db(const char *dir, bool create, agg_store **ret) {
                 agg_store_free(s);
                 return r;
         }
+        load_stage_token(s);
         *ret = s;
         return 0;
 }
@@ -168,12 +204,17 @@ void agg_store_free(agg_store *s) {
         if (s->db)
                 sqlite3_close(s->db);
         pthread_mutex_destroy(&s->lock);
+        explicit_bzero(s->stage_token, sizeof(s->stage_token));
         free(s->dir);
         free(s);
 }
 
 const char *agg_store_dir(const agg_store *s) {
         return s->dir;
+}
+
+const char *agg_store_stage_token(const agg_store *s) {
+        return s->stage_token[0] ? s->stage_token : NULL;
 }
 
 static int load_settings_locked(agg_store *s, agg_settings *ret) {

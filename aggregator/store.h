@@ -55,6 +55,10 @@ int agg_store_create(const char *dir, agg_store **ret);
 int agg_store_open(const char *dir, agg_store **ret);
 void agg_store_free(agg_store *s);
 const char *agg_store_dir(const agg_store *s);
+/* The fleet's stage token (64 hex; made at the first open, kept in the database): stage
+ * servers of enrolled devices accept it (GET /v1/task, /v1/peers). NULL when the store could
+ * not write one. Never logged. */
+const char *agg_store_stage_token(const agg_store *s);
 
 /* Settings: defaults for the stored model, then every stored row. */
 int agg_store_load_settings(agg_store *s, agg_settings *ret);

@@ -78,7 +78,7 @@ int ctl_generate(ctl_context *c, const ctl_verb *v, int argc, char **argv) {
                                               CTL_GLOBAL_OPTIONS,
                                               {} };
         sample_opts so = { .temperature = 0.8f, .top_k = 40, .seed = 1 };
-        char *urls[MAX_URLS] = { NULL }, *peers = NULL, err[512] = "";
+        char *urls[MAX_URLS] = { NULL }, *peers = NULL, err[512] = "", fleet_token[65] = "";
         const char *fleet = NULL, *token_file = NULL, *identity = "/var/lib/edged/identity";
         unsigned long tokens = 200;
         int n_urls = 0, opt, r = CTL_EXIT_USAGE;
@@ -158,7 +158,8 @@ int ctl_generate(ctl_context *c, const ctl_verb *v, int argc, char **argv) {
                         fprintf(stderr, "edgectl generate: %s: cannot read the device identity (--identity FILE)\n", identity);
                         goto out;
                 }
-                r = stage_client_fleet_peers(fleet, cred, 0, urls, MAX_URLS, &n_urls, err, sizeof(err));
+                r = stage_client_fleet_peers(fleet, cred, 0, urls, MAX_URLS, &n_urls, fleet_token,
+                                             err, sizeof(err));
                 explicit_bzero(cred, strlen(cred));
                 if (r < 0) {
                         fprintf(stderr, "edgectl generate: %s\n", err);
@@ -172,8 +173,12 @@ int ctl_generate(ctl_context *c, const ctl_verb *v, int argc, char **argv) {
                 goto out;
         }
         token = read_token(token_file);
+        /* with --fleet, the token the aggregator hands its enrolled devices will do */
+        if (!token && fleet_token[0])
+                token = strdup(fleet_token);
         if (!token) {
-                fprintf(stderr, "edgectl generate: no token: set EDGED_TOKEN or --token-file FILE\n");
+                fprintf(stderr, "edgectl generate: no token: set EDGED_TOKEN or --token-file FILE%s\n",
+                        fleet ? " (the aggregator gave none)" : "");
                 goto out;
         }
         out = malloc(tokens);
@@ -212,6 +217,9 @@ int ctl_generate(ctl_context *c, const ctl_verb *v, int argc, char **argv) {
         }
         r = CTL_EXIT_OK;
 out:
+        explicit_bzero(fleet_token, sizeof(fleet_token));
+        if (token)
+                explicit_bzero(token, strlen(token));
         for (int i = 0; i < MAX_URLS; i++)
                 free(urls[i]);
         free(peers);

@@ -173,7 +173,8 @@ char *stage_client_identity_credentials(const char *path) {
 }
 
 int stage_client_fleet_peers(const char *fleet, const char *credentials, uint64_t version,
-                             char **ret_urls, int max, int *ret_n, char *err, size_t err_size) {
+                             char **ret_urls, int max, int *ret_n, char ret_token[65], char *err,
+                             size_t err_size) {
         CURL *c = curl_easy_init();
         sink s = { .limit = INFO_MAX * 4 };
         char full[1024];
@@ -200,7 +201,13 @@ int stage_client_fleet_peers(const char *fleet, const char *credentials, uint64_
                 if (u && (!strncmp(u, "http://", 7) || !strncmp(u, "https://", 8)) && strlen(u) < 512)
                         ret_urls[n++] = strdup(u);
         }
+        if (ret_token) {
+                const char *t = json_string_value(json_object_get(j, "stage_token"));
+                snprintf(ret_token, 65, "%s", r == 0 && t && strlen(t) == 64 ? t : "");
+        }
         json_decref(j);
+        if (s.buf)
+                explicit_bzero(s.buf, s.size);
         free(s.buf);
         *ret_n = n;
         return r;

@@ -26,9 +26,11 @@ int stage_client_info(const char *url, const char *token, stage_peer_info *ret, 
                       size_t err_size);
 
 /* GET {fleet}/v1/peers?version=V (V 0: any) with the device credentials "ID:SECRET" of an
- * enrolled device: up to max URLs (malloc'd strings). */
+ * enrolled device: up to max URLs (malloc'd strings), and into ret_token (when not NULL) the
+ * fleet's stage token the peers accept, "" when the reply has none (64 hex otherwise). */
 int stage_client_fleet_peers(const char *fleet, const char *credentials, uint64_t version,
-                             char **ret_urls, int max, int *ret_n, char *err, size_t err_size);
+                             char **ret_urls, int max, int *ret_n, char ret_token[65], char *err,
+                             size_t err_size);
 /* "ID:SECRET" from an edged identity file (JSON with device_id and secret), malloc'd. */
 char *stage_client_identity_credentials(const char *path);
 

@@ -974,6 +974,19 @@ static int parse_task(fedclient *c, json_t *j, fed_task *t, char *err, size_t er
                         t->n_policy++;
                 }
         }
+
+        /* optional, and not worth refusing the task for: a bad one is ignored */
+        json_t *st = json_object_get(j, "stage_token");
+        if (st) {
+                s = json_string_value(st);
+                bool ok = s && strlen(s) == 64;
+                for (size_t i = 0; ok && i < 64; i++)
+                        ok = (s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f');
+                if (ok)
+                        memcpy(t->stage_token, s, 65);
+                else
+                        log_warning("task: 'stage_token' is not 64 lowercase hex digits; ignored");
+        }
         return 0;
 }
 

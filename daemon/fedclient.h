@@ -48,6 +48,9 @@ typedef struct {
         size_t n_policy;
         char policy_key[FED_MAX_POLICY][32];
         char policy_value[FED_MAX_POLICY][128];
+        /* the fleet's stage token (64 lowercase hex) the stage server accepts too; "" when
+         * the task has none or a malformed one. Never logged. */
+        char stage_token[65];
         char etag[80];
 } fed_task;
 

@@ -53,6 +53,7 @@ struct federation {
         bool have_config;
         model_config cfg;
         char *telemetry;
+        char stage_token[65]; /* the task's, "" when none */
 
         /* the thread's own */
         fed_task task;         /* the last task; its model may not be here (yet, or ever) */
@@ -211,6 +212,9 @@ static int refresh_task(federation *f) {
         if (r < 0)
                 return back_off(f, r, err) ? r : -ESHUTDOWN;
         f->next_task_poll = mono_now_s() + TASK_POLL_S;
+        pthread_mutex_lock(&f->lock);
+        memcpy(f->stage_token, f->task.stage_token, sizeof(f->stage_token));
+        pthread_mutex_unlock(&f->lock);
         /* a 304 says the task is the same, not that its model is here: a download may have
          * failed, so go by the version of the model at hand */
         if ((f->model_path && f->model_version == f->task.version) ||
@@ -553,6 +557,8 @@ void federation_stop(federation *f) {
         free(f->residual);
         free(f->residual_work);
         free(f->telemetry);
+        explicit_bzero(f->stage_token, sizeof(f->stage_token));
+        explicit_bzero(f->task.stage_token, sizeof(f->task.stage_token));
         pthread_mutex_destroy(&f->lock);
         pthread_cond_destroy(&f->wake);
         free(f);
@@ -578,6 +584,13 @@ void federation_get_status(federation *f, federation_status *ret) {
         pthread_mutex_lock(&f->lock);
         *ret = f->st;
         pthread_mutex_unlock(&f->lock);
+}
+
+bool federation_stage_token(federation *f, char ret[65]) {
+        pthread_mutex_lock(&f->lock);
+        memcpy(ret, f->stage_token, 65);
+        pthread_mutex_unlock(&f->lock);
+        return ret[0] != 0;
 }
 
 void federation_set_telemetry(federation *f, const char *json) {

@@ -46,6 +46,9 @@ int federation_model_config(federation *f, model_config *ret);
 void federation_attach(federation *f, trainer *t);
 
 void federation_get_status(federation *f, federation_status *ret);
+/* Copies the fleet's stage token from the last task (64 hex + NUL) into ret; false (ret
+ * "") when there is none. */
+bool federation_stage_token(federation *f, char ret[65]);
 /* The telemetry object (JSON text) to send at the next report; the manager refreshes it. */
 void federation_set_telemetry(federation *f, const char *json);
 

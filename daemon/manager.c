@@ -333,6 +333,12 @@ void manager_decide(manager *m) {
                 in.have_task = fs.have_task;
                 if (++m->telemetry_ticks % 10 == 1) /* reports go out every minute or so */
                         feed_telemetry(m, &fs);
+                if (m->stage) { /* peers of the fleet come with the aggregator's stage token */
+                        char fleet_token[65];
+                        federation_stage_token(m->fed, fleet_token);
+                        stage_server_set_fleet_token(m->stage, fleet_token);
+                        explicit_bzero(fleet_token, sizeof(fleet_token));
+                }
         }
 
         policy_decision d = policy_decide(&m->conf.knobs, &in, &m->ps, &m->ps);

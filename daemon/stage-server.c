@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "checkpoint.h"
+#include "hash.h"
 #include "log.h"
 #include "macros.h"
 #include "stage-host.h"
@@ -42,6 +43,8 @@ struct stage_server {
         double last_load_try; /* a reload is tried at most every RELOAD_S */
         bool paused;
         char pause_reason[64];
+        pthread_mutex_t token_lock; /* fleet_token: checked by every request */
+        char fleet_token[65];       /* the aggregator's stage token, "" when none */
 };
 
 typedef struct {
@@ -227,17 +230,22 @@ static enum MHD_Result respond_error(struct MHD_Connection *c, unsigned status, 
         return respond_json(c, status, json_pack("{s:s, s:s}", "error", word, "message", message));
 }
 
-/* Constant-time, so the token cannot be guessed byte by byte from timings. */
+/* Constant-time, so a token cannot be guessed byte by byte from timings: Token= (or the
+ * device secret), or the fleet's stage token from the aggregator's task. */
 static bool authorized(stage_server *s, struct MHD_Connection *c) {
         const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-        size_t n = strlen(s->token);
-        unsigned char diff = 0;
+        char fleet[sizeof(s->fleet_token)];
+        bool ok;
 
-        if (!h || strncmp(h, "Bearer ", 7) != 0 || strlen(h + 7) != n)
+        if (!h || strncmp(h, "Bearer ", 7) != 0 || !h[7])
                 return false;
-        for (size_t i = 0; i < n; i++)
-                diff |= (unsigned char) (h[7 + i] ^ s->token[i]);
-        return diff == 0;
+        pthread_mutex_lock(&s->token_lock);
+        memcpy(fleet, s->fleet_token, sizeof(fleet));
+        pthread_mutex_unlock(&s->token_lock);
+        ok = hash_equal_consttime(h + 7, s->token);
+        ok |= fleet[0] && hash_equal_consttime(h + 7, fleet);
+        explicit_bzero(fleet, sizeof(fleet));
+        return ok;
 }
 
 static enum MHD_Result info(stage_server *s, struct MHD_Connection *c) {
@@ -405,6 +413,7 @@ int stage_server_start(const stage_server_opts *o, stage_server **ret) {
         s->state_dir = strdup(o->state_dir ? o->state_dir : ".");
         s->model_path = o->model_path ? strdup(o->model_path) : NULL;
         pthread_mutex_init(&s->lock, NULL);
+        pthread_mutex_init(&s->token_lock, NULL);
         snprintf(s->url, sizeof(s->url), "http://%s", o->listen);
         if (!s->listen || !s->token || !s->state_dir || (o->model_path && !s->model_path)) {
                 stage_server_stop(s);
@@ -440,6 +449,15 @@ void stage_server_set_paused(stage_server *s, bool paused, const char *reason) {
         pthread_mutex_unlock(&s->lock);
 }
 
+void stage_server_set_fleet_token(stage_server *s, const char *token) {
+        if (!s)
+                return;
+        pthread_mutex_lock(&s->token_lock);
+        snprintf(s->fleet_token, sizeof(s->fleet_token), "%s",
+                 token && strlen(token) < sizeof(s->fleet_token) ? token : "");
+        pthread_mutex_unlock(&s->token_lock);
+}
+
 void stage_server_stop(stage_server *s) {
         if (!s)
                 return;
@@ -449,6 +467,8 @@ void stage_server_stop(stage_server *s) {
         model_params_free(s->m);
         stage_weights_done(&s->span);
         pthread_mutex_destroy(&s->lock);
+        pthread_mutex_destroy(&s->token_lock);
+        explicit_bzero(s->fleet_token, sizeof(s->fleet_token));
         if (s->token)
                 explicit_bzero(s->token, strlen(s->token));
         free(s->token);

@@ -8,8 +8,9 @@
  *   POST /v1/stage/{version}/{first}-{last}    stage-wire activations in, activations out
  *
  * Every request carries "Authorization: Bearer TOKEN" (Token=, or the device secret of the
- * fleet identity); errors are JSON {"error": word, "message": text}. While the device is
- * paused new sessions get 503 {"error":"paused"}; sessions already open finish. */
+ * fleet identity; also the fleet's stage token from the aggregator's task); errors are JSON
+ * {"error": word, "message": text}. While the device is paused new sessions get 503
+ * {"error":"paused"}; sessions already open finish. */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -35,6 +36,8 @@ int stage_server_start(const stage_server_opts *o, stage_server **ret);
 /* Called every policy decision: pause state, and idle sessions expire. */
 void stage_server_set_paused(stage_server *s, bool paused, const char *reason);
 void stage_server_stop(stage_server *s);
+/* Also accept this token (the fleet's, from the aggregator's task); NULL or "": no longer. */
+void stage_server_set_fleet_token(stage_server *s, const char *token);
 /* "http://ADDR:PORT" (what peers and the aggregator are told). */
 const char *stage_server_url(const stage_server *s);
 

@@ -530,6 +530,7 @@ static void test_task(void **state) {
         assert_string_equal(t.policy_key[1], "IdleWindowSec");
         assert_string_equal(t.policy_value[1], "30");
         assert_string_equal(t.etag, "\"12-3\"");
+        assert_string_equal(t.stage_token, ""); /* none in the task */
 
         /* unchanged: the ETag goes back, 304, the same task */
         memset(&t2, 0xaa, sizeof(t2));
@@ -684,6 +685,38 @@ static void test_task_malformed(void **state) {
         /* an empty 200 */
         srv.task_body = "";
         assert_int_equal(fed_get_task(c, &t, &changed, err, sizeof(err)), -EBADMSG);
+        fed_client_free(c);
+}
+
+/* The fleet's stage token: copied when it is 64 lowercase hex digits; anything else is
+ * ignored (the task itself still counts). */
+static void test_task_stage_token(void **state) {
+        static const char good[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        static const char *const bad[] = {
+                "\"0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef\"", /* upper */
+                "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\"",  /* 63 */
+                "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0\"", /* 65 */
+                "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdeg\"", /* not hex */
+                "\"\"", "12", "null", "[\"0123456789abcdef\"]",
+        };
+        fedclient *c = enrolled();
+        char err[256] = "", buf[4096];
+        bool changed = false;
+        fed_task t;
+
+        srv.task_etag = NULL;
+        snprintf(buf, sizeof(buf), "{\"stage_token\": \"%s\", %s", good, task_buf + 1);
+        srv.task_body = buf;
+        assert_int_equal(fed_get_task(c, &t, &changed, err, sizeof(err)), 0);
+        assert_string_equal(t.stage_token, good);
+        for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+                snprintf(buf, sizeof(buf), "{\"stage_token\": %s, %s", bad[i], task_buf + 1);
+                memset(&t, 0x55, sizeof(t));
+                assert_int_equal(fed_get_task(c, &t, &changed, err, sizeof(err)), 0);
+                assert_true(changed);
+                assert_int_equal(t.version, 12);
+                assert_string_equal(t.stage_token, "");
+        }
         fed_client_free(c);
 }
 
@@ -1194,6 +1227,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_no_token, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_task, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_task_malformed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_task_stage_token, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_task_timeout, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_connection_refused, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_model_full, setup, teardown),

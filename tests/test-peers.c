@@ -26,6 +26,7 @@
 #include "daemon-harness.h"
 
 #include "checkpoint.h"
+#include "fileio.h"
 
 #include "macros.h"
 #include "stage-client.h"
@@ -62,9 +63,9 @@ static int sh(const char *cmd, char *out, size_t size) {
         return pclose(p);
 }
 
-/* One HTTP request; the reply body into out; the status. */
-static long http(const char *method, const char *path, const char *auth, const char *body, char *out,
-                 size_t size) {
+/* One HTTP request to root (base: the aggregator); the reply body into out; the status. */
+static long http_to(const char *root, const char *method, const char *path, const char *auth,
+                    const char *body, char *out, size_t size) {
         char url[512];
         CURL *c = curl_easy_init();
         struct curl_slist *h = NULL;
@@ -72,7 +73,7 @@ static long http(const char *method, const char *path, const char *auth, const c
         long status = 0;
 
         memset(out, 0, size);
-        snprintf(url, sizeof(url), "%s%s", base, path);
+        snprintf(url, sizeof(url), "%s%s", root, path);
         if (auth)
                 h = curl_slist_append(h, auth);
         h = curl_slist_append(h, "Content-Type: application/json");
@@ -91,24 +92,18 @@ static long http(const char *method, const char *path, const char *auth, const c
         return status;
 }
 
-static int setup(void **state) {
-        const char *edged = getenv("EDGED_BIN"), *agg = getenv("AGGREGATOR_BIN");
+static long http(const char *method, const char *path, const char *auth, const char *body, char *out,
+                 size_t size) {
+        return http_to(base, method, path, auth, body, out, size);
+}
+
+/* Runs edge-aggregator serve on a port of its choosing; base is its URL. */
+static int start_aggregator(void) {
         char buf[2048], out_path[300];
 
-        curl_global_init(CURL_GLOBAL_DEFAULT);
-        if (test_tmpdir_create("test-peers") < 0)
-                return -1;
-        if (agg)
-                snprintf(agg_bin, sizeof(agg_bin), "%s", agg);
-        else {
-                snprintf(buf, sizeof(buf), "%s", edged ? edged : "build/edged");
-                snprintf(agg_bin, sizeof(agg_bin), "%s/edge-aggregator", dirname(buf));
-        }
-        snprintf(store, sizeof(store), "%s/aggregator", test_tmpdir);
-        snprintf(buf, sizeof(buf), "'%s' --store '%s' init --config tiny 2>&1", agg_bin, store);
-        if (sh(buf, NULL, 0) != 0)
-                return -1;
         snprintf(out_path, sizeof(out_path), "%s/aggregator.out", test_tmpdir);
+        (void) unlink(out_path); /* not the port of the last run */
+        fflush(NULL);
         agg_pid = fork();
         if (agg_pid == 0) {
                 if (!freopen(out_path, "w", stdout))
@@ -133,12 +128,59 @@ static int setup(void **state) {
         return -1;
 }
 
-static int teardown(void **state) {
+static void stop_aggregator(void) {
         if (agg_pid > 0) {
                 kill(agg_pid, SIGTERM);
                 waitpid(agg_pid, NULL, 0);
         }
+        agg_pid = 0;
+}
+
+static int setup(void **state) {
+        const char *edged = getenv("EDGED_BIN"), *agg = getenv("AGGREGATOR_BIN");
+        char buf[2048];
+
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        if (test_tmpdir_create("test-peers") < 0)
+                return -1;
+        if (agg)
+                snprintf(agg_bin, sizeof(agg_bin), "%s", agg);
+        else {
+                snprintf(buf, sizeof(buf), "%s", edged ? edged : "build/edged");
+                snprintf(agg_bin, sizeof(agg_bin), "%s/edge-aggregator", dirname(buf));
+        }
+        snprintf(store, sizeof(store), "%s/aggregator", test_tmpdir);
+        snprintf(buf, sizeof(buf), "'%s' --store '%s' init --config tiny 2>&1", agg_bin, store);
+        if (sh(buf, NULL, 0) != 0)
+                return -1;
+        return start_aggregator();
+}
+
+static int teardown(void **state) {
+        stop_aggregator();
         return test_tmpdir_remove(state);
+}
+
+/* The fleet's stage token from GET /v1/task with these device credentials. */
+static void task_stage_token(const char *auth, char ret[65]) {
+        char reply[4096];
+        assert_int_equal(http("GET", "/v1/task", auth, NULL, reply, sizeof(reply)), 200);
+        json_t *j = json_loads(reply, 0, NULL);
+        const char *t = json_string_value(json_object_get(j, "stage_token"));
+        assert_non_null(t);
+        assert_int_equal(strlen(t), 64);
+        assert_int_equal(strspn(t, "0123456789abcdef"), 64);
+        snprintf(ret, 65, "%s", t);
+        json_decref(j);
+}
+
+/* Whether the file holds needle. */
+static bool file_contains(const char *path, const char *needle) {
+        _cleanup_free_ char *text = NULL;
+        size_t n;
+        if (read_full_file(path, 64 << 20, (void **) &text, &n) < 0)
+                return false;
+        return memmem(text, n, needle, strlen(needle)) != NULL;
 }
 
 /* Enrolls a device; "Authorization: Bearer ID:SECRET" into auth, and an identity file. */
@@ -164,7 +206,7 @@ static void enroll(const char *token, char *auth, size_t size, const char *ident
 static void test_peers(void **state) {
         char token[128], cmd[2048], a1[256], a2[256], a3[256], reply[4096];
         _cleanup_free_ char *identity = test_tmp_path("identity");
-        char *urls[8] = { NULL }, err[256];
+        char *urls[8] = { NULL }, err[256], ftok[65], task_token[65], other[65];
         int n = 0;
 
         snprintf(cmd, sizeof(cmd), "'%s' --store '%s' token create --uses 5", agg_bin, store);
@@ -200,16 +242,46 @@ static void test_peers(void **state) {
         /* the client edgectl generate --fleet uses, with the identity file */
         _cleanup_free_ char *cred = stage_client_identity_credentials(identity);
         assert_non_null(cred);
-        assert_int_equal(stage_client_fleet_peers(base, cred, 8, urls, 8, &n, err, sizeof(err)), 0);
+        assert_int_equal(stage_client_fleet_peers(base, cred, 8, urls, 8, &n, ftok, err, sizeof(err)), 0);
         assert_int_equal(n, 1);
         assert_string_equal(urls[0], "http://10.0.0.2:7878");
         free(urls[0]);
-        assert_int_equal(stage_client_fleet_peers(base, "00:00", 0, urls, 8, &n, err, sizeof(err)), -EHOSTUNREACH);
+        /* with the fleet's stage token: the one every device's task has */
+        task_stage_token(a3, task_token);
+        task_stage_token(a1, other);
+        assert_string_equal(other, task_token);
+        assert_int_equal(strlen(ftok), 64);
+        assert_string_equal(ftok, task_token);
+        memset(ftok, 'x', sizeof(ftok));
+        assert_int_equal(stage_client_fleet_peers(base, "00:00", 0, urls, 8, &n, ftok, err, sizeof(err)), -EHOSTUNREACH);
+        assert_string_equal(ftok, ""); /* not told to strangers */
         printf("without an identity: %s\n", err);
+
+        /* the two stop serving: the peers list is empty again (for the daemon's test) */
+        assert_int_equal(http("POST", "/v1/telemetry", a1, "{\"state\":\"running\"}", reply, sizeof(reply)), 204);
+        assert_int_equal(http("POST", "/v1/telemetry", a2, "{\"state\":\"running\"}", reply, sizeof(reply)), 204);
+        assert_int_equal(http("GET", "/v1/peers", a3, NULL, reply, sizeof(reply)), 200);
+        assert_null(strstr(reply, "http://10.0.0."));
+
+        /* the token is the store's: the same after a restart */
+        stop_aggregator();
+        assert_int_equal(start_aggregator(), 0);
+        task_stage_token(a3, other);
+        assert_string_equal(other, task_token);
+        _cleanup_free_ char *agg_out = test_tmp_path("aggregator.out");
+        assert_false(file_contains(agg_out, task_token));
+}
+
+/* Runs cmd; its stdout into out; the exit status. */
+static int run(const char *cmd, char *out, size_t size) {
+        int st = sh(cmd, out, size);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* A real edged with [Inference] Serve=yes and a federation link announces its stage server
- * in telemetry, and the aggregator lists it under the version it serves. */
+ * in telemetry, and the aggregator lists it under the version it serves. Its stage server
+ * accepts the fleet's stage token from the task (as well as its Token=), so edgectl generate
+ * --fleet with only a device identity runs on it. */
 static void test_daemon_announces(void **state) {
         static const model_config cfg = { "custom", 32, 32, 2, 4 };
         char token[128], cmd[2048], text[2048], auth[256], reply[4096];
@@ -218,7 +290,10 @@ static void test_daemon_announces(void **state) {
         _cleanup_free_ char *statedir = test_tmp_path("state");
         _cleanup_free_ char *control = test_tmp_path("control");
         _cleanup_free_ char *log = test_tmp_path("edged.log");
-        char *root = NULL, stage_url[64];
+        _cleanup_free_ char *identity = test_tmp_path("identity2");
+        _cleanup_free_ char *token_file = test_tmp_path("peers-token");
+        char *root = NULL, stage_url[64], fleet_token[65], wrong[128], bearer[128];
+        static char with_fleet[4096], with_token[4096];
         int port = free_port();
         model *m;
 
@@ -242,7 +317,7 @@ static void test_daemon_announces(void **state) {
         assert_true(pid > 0);
 
         /* ask as another enrolled device */
-        enroll(token, auth, sizeof(auth), NULL);
+        enroll(token, auth, sizeof(auth), identity);
         bool listed = false;
         double t0 = harness_now();
         while (!listed && harness_now() - t0 < 30) {
@@ -252,6 +327,36 @@ static void test_daemon_announces(void **state) {
                         usleep(200 * 1000);
         }
         printf("after %.1f s: %s\n", harness_now() - t0, reply);
+
+        /* the fleet's token, as the serving device got it in its task; the stage server
+         * takes it up at its next policy decision */
+        task_stage_token(auth, fleet_token);
+        snprintf(bearer, sizeof(bearer), "Authorization: Bearer %s", fleet_token);
+        long st = 0;
+        t0 = harness_now();
+        while (listed && harness_now() - t0 < 30 &&
+               (st = http_to(stage_url, "GET", "/v1/stage/info", bearer, NULL, reply, sizeof(reply))) != 200)
+                usleep(200 * 1000);
+        printf("fleet token: %ld after %.1f s\n", st, harness_now() - t0);
+        long st_config = http_to(stage_url, "GET", "/v1/stage/info", "Authorization: Bearer peers-token", NULL,
+                                 reply, sizeof(reply));
+        snprintf(wrong, sizeof(wrong), "Authorization: Bearer %.63s%c", fleet_token,
+                 fleet_token[63] == '0' ? '1' : '0');
+        long st_wrong = http_to(stage_url, "GET", "/v1/stage/info", wrong, NULL, reply, sizeof(reply));
+        long st_wrong_post = http_to(stage_url, "POST", "/v1/stage/5/0-1", wrong, "x", reply, sizeof(reply));
+        long st_secret = http_to(stage_url, "GET", "/v1/stage/info", auth, NULL, reply, sizeof(reply));
+
+        /* edgectl generate --fleet with the identity alone, against --peers with Token= */
+        snprintf(cmd, sizeof(cmd), "env -u EDGED_TOKEN '%s' generate --fleet %s --identity '%s' --tokens 24 "
+                 "--temperature 0 'the fleet' 2>&1", getenv("EDGECTL_BIN") ? getenv("EDGECTL_BIN") : "build/edgectl",
+                 base, identity);
+        int rc_fleet = run(cmd, with_fleet, sizeof(with_fleet));
+        harness_write(test_tmpdir, "peers-token", "peers-token\n");
+        snprintf(cmd, sizeof(cmd), "env -u EDGED_TOKEN '%s' generate --peers %s --token-file '%s' --tokens 24 "
+                 "--temperature 0 'the fleet' 2>&1", getenv("EDGECTL_BIN") ? getenv("EDGECTL_BIN") : "build/edgectl",
+                 stage_url, token_file);
+        int rc_token = run(cmd, with_token, sizeof(with_token));
+        printf("--fleet (%d): %s--token-file (%d): %s", rc_fleet, with_fleet, rc_token, with_token);
         harness_stop(pid, SIGTERM);
         free(root);
         if (!listed) { /* the daemon's side of the story */
@@ -261,6 +366,19 @@ static void test_daemon_announces(void **state) {
         assert_true(listed);
         assert_int_equal(http("GET", "/v1/peers?version=6", auth, NULL, reply, sizeof(reply)), 200);
         assert_null(strstr(reply, stage_url));
+
+        assert_int_equal(st, 200);
+        assert_int_equal(st_config, 200);
+        assert_int_equal(st_wrong, 401);
+        assert_int_equal(st_wrong_post, 401);
+        assert_int_equal(st_secret, 401); /* another device's credentials are not a token */
+        assert_int_equal(rc_token, 0);
+        assert_int_equal(rc_fleet, 0);
+        assert_int_equal(strncmp(with_token, "the fleet", 9), 0);
+        assert_true(strlen(with_token) == 9 + 24 + 1);
+        assert_string_equal(with_fleet, with_token);
+        /* the secret is nowhere in the daemon's log */
+        assert_false(file_contains(log, fleet_token));
 }
 
 int main(void) {
