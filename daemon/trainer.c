@@ -57,6 +57,7 @@ struct trainer {
         pid_t keep_tid;    /* the event loop's thread: stays at normal priority */
         int running_cores; /* trainer thread only */
         bool parked;
+        bool idle_warned;
         atomic_int cores;           /* read between layers without the lock */
         atomic_bool stop;
         atomic_bool save_requested; /* read by the hook without the lock */
@@ -344,7 +345,12 @@ static bool park_while_paused(trainer *t) {
         if (want > 0 && want != t->running_cores) {
                 blas_set_threads(want);
                 t->running_cores = want;
-                trainer_idle_threads(t);
+                int r = trainer_idle_threads(t);
+                /* a thread left at normal priority competes with the person's programs */
+                if (r < 0 && !t->idle_warned) {
+                        log_warning_errno(r, "a training thread cannot be put at SCHED_IDLE: %m");
+                        t->idle_warned = true;
+                }
         }
         return true;
 }
