@@ -692,7 +692,6 @@ static int run_program(char *const argv[], const char *out_path) {
                 (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
                 if (getppid() != parent)
                         _exit(127);
-                (void) cgroup_cpu_join(&bg_cgroup, getpid());
                 if (fd >= 0)
                         dup2(fd, STDOUT_FILENO);
                 execvp(argv[0], argv);
@@ -965,6 +964,7 @@ static int bg_fork(char *const argv[], const char *log) {
                 (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
                 if (getppid() != parent)
                         _exit(127);
+                (void) cgroup_cpu_join(&bg_cgroup, getpid());
                 if (fd >= 0) {
                         dup2(fd, STDOUT_FILENO);
                         dup2(fd, STDERR_FILENO);
