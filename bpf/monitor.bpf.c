@@ -88,6 +88,13 @@ static __always_inline bool is_harvester(__u32 pid, __u32 tgid) {
         return bpf_map_lookup_elem(&harvesters, &pid);
 }
 
+/* The daemon's event loop: its CPU time is foreground, but its waits are edged's own
+ * business, not the person's, and must not feed the interference brake (they tripped it on
+ * an idle machine: 14.7 ms/s right after training started). */
+static __always_inline bool is_kept(__u32 pid, __u32 tgid) {
+        return keep_pid && pid == keep_pid && tgid == harvester_tgid;
+}
+
 static __always_inline __u32 classify(struct task_struct *t, __u32 pid, bool btf) {
         if (pid == 0)
                 return MONITOR_CLASS_IDLE;
@@ -148,7 +155,8 @@ static __always_inline int on_wakeup(struct task_struct *p, bool btf) {
 
         if (!track_latency || use_sched_info || pid == 0)
                 return 0;
-        if (is_harvester(pid, TASK_READ(btf, p, tgid)))
+        __u32 tgid = TASK_READ(btf, p, tgid);
+        if (is_harvester(pid, tgid) || is_kept(pid, tgid))
                 return 0;
         /* Woken while still on a CPU (it had not finished going to sleep): it never waits,
          * and a stamp left behind would be charged to its next, unrelated switch-in. */
@@ -210,7 +218,8 @@ static __always_inline int on_switch(bool preempt, struct task_struct *prev,
                         if (arrival)
                                 c->clock_off = (__s64) (last - arrival);
                 }
-                if (next_cls != MONITOR_CLASS_FOREGROUND || !c->clock_off)
+                if (next_cls != MONITOR_CLASS_FOREGROUND || !c->clock_off ||
+                    is_kept(next_pid, TASK_READ(btf, next, tgid)))
                         return 0;
                 queued = TASK_READ(btf, next, sched_info.last_queued);
                 if (!queued)
@@ -221,7 +230,8 @@ static __always_inline int on_switch(bool preempt, struct task_struct *prev,
         }
 
         /* A foreground task preempted is runnable again now, as sched_info would count it. */
-        if (prev_cls == MONITOR_CLASS_FOREGROUND && (preempt || task_state(prev, btf) == 0))
+        if (prev_cls == MONITOR_CLASS_FOREGROUND && (preempt || task_state(prev, btf) == 0) &&
+            !is_kept(prev_pid, TASK_READ(btf, prev, tgid)))
                 stamp(prev_pid, now);
         if (next_cls != MONITOR_CLASS_FOREGROUND)
                 return 0;
