@@ -150,6 +150,27 @@ double policy_idle_average(const policy_state *s, double now_s, double window_s,
         return cover > 0 ? sum / cover : 0;
 }
 
+double policy_brake_push(policy_state *s, double now_s, double interval_s, double excess_ms) {
+        double sum = 0, cover = 0, lo = now_s - POLICY_BRAKE_WINDOW_SEC;
+
+        s->brake_head = (s->brake_head + 1) % POLICY_BRAKE_SLOTS;
+        s->brake_hist[s->brake_head].end_s = now_s;
+        s->brake_hist[s->brake_head].dur_s = interval_s > 0 ? interval_s : 0;
+        s->brake_hist[s->brake_head].excess_ms = excess_ms > 0 ? excess_ms : 0;
+        if (s->brake_n < POLICY_BRAKE_SLOTS)
+                s->brake_n++;
+        for (int i = 0; i < s->brake_n; i++) {
+                int j = (s->brake_head - i + POLICY_BRAKE_SLOTS) % POLICY_BRAKE_SLOTS;
+
+                /* whole samples: the newest always counts, older ones if they end inside */
+                if (i > 0 && s->brake_hist[j].end_s <= lo)
+                        break;
+                sum += s->brake_hist[j].excess_ms;
+                cover += s->brake_hist[j].dur_s;
+        }
+        return sum / MAX(cover, POLICY_BRAKE_WINDOW_SEC);
+}
+
 /* The interference brake: steps down on excess while running, back up after quiet. */
 static void brake_update(policy_state *s, const policy_input *in, const policy_state *prev,
                          bool was_running, double delay, double max_delay, int target) {
@@ -167,6 +188,7 @@ static void brake_update(policy_state *s, const policy_input *in, const policy_s
                                 s->brake_limit = 1;
                         } else
                                 s->brake_limit = cur - 1;
+                        s->brake_n = 0;
                 }
                 return;
         }
@@ -232,8 +254,10 @@ policy_decision policy_decide(const policy_knobs *k, const policy_input *in,
         if (k->max_cores > 0)
                 target = MIN(target, k->max_cores);
 
-        delay = policy_excess_delay_ms(smp);
-        d.delay_ms_per_s = delay;
+        d.delay_ms_per_s = policy_excess_delay_ms(smp);
+        delay = policy_brake_push(&s, in->monotonic_s, smp->interval_s,
+                                  d.delay_ms_per_s * MAX(smp->interval_s, 0));
+        d.brake_ms_per_s = delay;
         brake_update(&s, in, prev, was_running, delay, k->max_foreground_delay_ms, target);
 
         user_paused = in->pause_indefinite || in->realtime_s < in->pause_until;

@@ -22,10 +22,14 @@
  *    Fri 22:00-06:00 window covers Sat 03:00 and a Sun window spills into Monday.
  *  - Cores: idle cores = floor(n_cpus x available% / 100), at least 1; MaxCores > 0
  *    caps that (never above n_cpus).
- *  - Interference brake: delay = interference_sum_ns per second of the sample interval,
- *    in ms. Above MaxForegroundDelayMs while RUNNING: drop one core below the current
- *    grant, or pause "interference" at one core. Each sample over the limit restarts a
- *    quiet timer; after POLICY_BRAKE_QUIET_SEC without excess one core comes back (from
+ *  - Interference brake: delay = the excess foreground wakeup delay of the samples in the
+ *    last POLICY_BRAKE_WINDOW_SEC, in ms per second of that window (time not yet observed
+ *    counts as no delay; a longer sample is its own window). So a single tick-long wait of
+ *    some daemon on an otherwise quiet machine does not trip it, while a strong excess
+ *    does at once (> window x limit in one sample). Above MaxForegroundDelayMs while
+ *    RUNNING: drop one core below the current grant, or pause "interference" at one core,
+ *    and start the window afresh (the next step is judged at the new grant). Each sample
+ *    over the limit restarts a quiet timer; after POLICY_BRAKE_QUIET_SEC without excess one core comes back (from
  *    the pause: 1 core), then one more per further quiet period, until the brake no
  *    longer limits. Without BPF interference is not measured and the brake never fires.
  *  - Precedence when several apply: error > user-paused > no-data > no-task >
@@ -44,6 +48,8 @@
 #define POLICY_IDLE_HYSTERESIS_PCT 10.0 /* points below MinIdlePercent before a stop */
 #define POLICY_WINDOW_FILL 0.9          /* share of IdleWindowSec observed before a start */
 #define POLICY_BRAKE_QUIET_SEC 20.0     /* quiet time before the brake gives a core back */
+#define POLICY_BRAKE_WINDOW_SEC 5.0     /* the brake judges the delay over this long */
+#define POLICY_BRAKE_SLOTS 16           /* ring of recent delay samples */
 #define POLICY_IDLE_SLOTS 64            /* ring of idle samples (merged for long windows) */
 #define POLICY_CORE_FREE_FRACTION 0.75  /* a core this free counts as idle */
 
@@ -104,6 +110,10 @@ typedef struct {
         int idle_head, idle_n; /* newest slot, slots in use */
 
         bool hot;
+        struct {
+                double end_s, dur_s, excess_ms;
+        } brake_hist[POLICY_BRAKE_SLOTS];
+        int brake_head, brake_n; /* newest sample, samples in use */
         int brake_limit;     /* cores the brake allows; 0: no limit */
         bool brake_pause;    /* paused by the brake */
         double brake_last_s; /* last excess or step: the quiet timer starts here */
@@ -119,7 +129,8 @@ typedef struct {
         bool transition;       /* log this one */
         bool cores_changed;    /* RUNNING with another core count than before */
         double idle_avg_pct;   /* window mean of idle% + harvester%, for status */
-        double delay_ms_per_s; /* foreground delay attributed to edged */
+        double delay_ms_per_s; /* foreground delay attributed to edged, this sample */
+        double brake_ms_per_s; /* the same over the brake's window: what it compares */
 } policy_decision;
 
 /* next may be prev. */
@@ -138,6 +149,9 @@ bool policy_on_battery(const sensors_sample_t *s);
  * the hypervisor). */
 double policy_excess_delay_ms(const sensors_sample_t *s);
 int policy_idle_cores(int n_cpus, double avail_pct);
+/* Records a sample of interval_s ending at now_s with excess_ms of foreground delay, and
+ * returns the delay over the brake's window in ms per second. */
+double policy_brake_push(policy_state *s, double now_s, double interval_s, double excess_ms);
 /* Records interval_s seconds ending at now_s at avail_pct; window_s sets the merge size. */
 void policy_idle_push(policy_state *s, double window_s, double now_s, double interval_s,
                       double avail_pct);
