@@ -58,6 +58,7 @@ struct trainer {
         int running_cores; /* trainer thread only */
         bool parked;
         bool idle_warned;
+        cpu_set_t allowed; /* the CPUs the service may use (CPUAffinity=, taskset) */
         atomic_int cores;           /* read between layers without the lock */
         atomic_bool stop;
         atomic_bool save_requested; /* read by the hook without the lock */
@@ -303,6 +304,22 @@ static void serve_fed_request(trainer *t) {
         pthread_cond_broadcast(&t->changed);
 }
 
+/* With every allowed CPU granted, one computing thread per CPU: left free to move, the
+ * scheduler's balancing pulls a SCHED_IDLE thread next to a waking foreground task, which
+ * then waits behind it (measured: 38 preemptions of 60 bursts unpinned, 7 pinned). With
+ * fewer cores granted the foreground's CPU is not known, so they stay free. */
+static void place_threads(trainer *t, int cores) {
+        int cpus[CPU_SETSIZE], n = 0;
+
+        if (cores > 0 && cores >= CPU_COUNT(&t->allowed))
+                for (int c = 0; c < CPU_SETSIZE && n < cores; c++)
+                        if (CPU_ISSET(c, &t->allowed))
+                                cpus[n++] = c;
+        int r = blas_place_threads(cpus, n, &t->allowed);
+        if (r < 0)
+                (void) log_full_errno(LOG_LEVEL_DEBUG, r, "cannot place the training threads: %m");
+}
+
 /* Waits while the grant is zero, answering save requests meanwhile. Called between steps
  * and from the model's hook inside a step: parking mid-step keeps the half-done step (its
  * activations and gradients) instead of throwing it away, and a checkpoint taken then holds
@@ -343,8 +360,11 @@ static bool park_while_paused(trainer *t) {
 
         int want = atomic_load(&t->cores);
         if (want > 0 && want != t->running_cores) {
+                /* free them first: OpenBLAS only reaches the workers of its current count */
+                place_threads(t, 0);
                 blas_set_threads(want);
                 t->running_cores = want;
+                place_threads(t, want);
                 int r = trainer_idle_threads(t);
                 /* a thread left at normal priority competes with the person's programs */
                 if (r < 0 && !t->idle_warned) {
@@ -372,6 +392,8 @@ static void *thread_main(void *arg) {
 
         /* before any BLAS call from here, so threads it starts inherit the class */
         idle_sched_thread(0);
+        if (sched_getaffinity(0, sizeof(t->allowed), &t->allowed) < 0)
+                CPU_ZERO(&t->allowed); /* never "all granted": threads stay free */
         t->last_save = mono_now_s();
         while (park_while_paused(t)) {
                 int r = one_step(t);

@@ -2,6 +2,8 @@
 #include "blas.h"
 
 #include <cblas.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +67,36 @@ const char *blas_kernel_origin(void) {
 void blas_set_threads(int n) {
         openblas_set_num_threads(n);
         par_set_threads(n);
+}
+
+int blas_place_threads(const int *cpus, int n_cpus, const cpu_set_t *anywhere) {
+        int n_blas = openblas_get_num_threads(), n_pool = par_get_threads();
+        int n = n_blas > n_pool ? n_blas : n_pool, ret = 0;
+
+        for (int j = 0; j < n; j++) {
+                cpu_set_t one;
+                const cpu_set_t *set = anywhere;
+                int r = 0;
+
+                if (n_cpus > 0) {
+                        CPU_ZERO(&one);
+                        CPU_SET(cpus[j % n_cpus], &one);
+                        set = &one;
+                }
+                if (j == 0)
+                        r = -pthread_setaffinity_np(pthread_self(), sizeof(*set), set);
+                else {
+                        /* OpenBLAS numbers its workers from 0; the caller is its last index */
+                        if (j < n_blas &&
+                            openblas_setaffinity(j - 1, sizeof(*set), (cpu_set_t *) set) != 0)
+                                r = -EINVAL;
+                        if (j < n_pool && r == 0)
+                                r = par_pin_worker(j, set);
+                }
+                if (r < 0 && ret == 0)
+                        ret = r;
+        }
+        return ret;
 }
 
 int blas_get_threads(void) {

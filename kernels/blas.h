@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <sched.h>
+
 /* The BLAS the kernels run on: kernel choice, thread count, and a description for status
  * and benchmarks. */
 
@@ -18,6 +20,12 @@ void blas_choose_kernel(char **argv);
 const char *blas_kernel_origin(void);
 
 void blas_set_threads(int n);
+/* Places the threads of a BLAS call or par_for() (call after blas_set_threads()). With
+ * n_cpus >= 1 the calling thread goes to cpus[0] and worker j (of OpenBLAS and of the pool)
+ * to cpus[j % n_cpus]: threads that compute at the same time then sit on different CPUs,
+ * and the scheduler does not migrate them into a busy foreground's way. With n_cpus 0
+ * they may all run anywhere in *anywhere. Returns 0 or the first -errno. */
+int blas_place_threads(const int *cpus, int n_cpus, const cpu_set_t *anywhere);
 int blas_get_threads(void);
 /* e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Cooperlake MAX_THREADS=64 (detected by OpenBLAS)"
  */

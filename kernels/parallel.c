@@ -96,6 +96,12 @@ int par_get_threads(void) {
         return pool.n;
 }
 
+int par_pin_worker(int worker, const cpu_set_t *set) {
+        if (worker < 1 || worker >= pool.n)
+                return -EINVAL;
+        return -pthread_setaffinity_np(pool.threads[worker], sizeof(*set), set);
+}
+
 void par_for(long n_items, long grain, par_fn fn, void *ctx, int blas_inside) {
         long fit = grain > 0 ? n_items / grain : n_items;
         int n = fit < pool.n ? (int) (fit > 1 ? fit : 1) : pool.n;

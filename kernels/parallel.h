@@ -5,6 +5,8 @@
  * which would otherwise run on one core while the others wait. The caller's thread takes
  * part, so a pool of n threads starts n-1 workers. */
 
+#include <sched.h>
+
 #define PAR_MAX_THREADS 16
 
 /* Processes items [begin, end); worker is 0..n-1 and indexes per-thread scratch. */
@@ -13,6 +15,9 @@ typedef void (*par_fn)(void *ctx, long begin, long end, int worker);
 /* Sets the number of threads (clamped to 1..PAR_MAX_THREADS); starts or stops workers. */
 int par_set_threads(int n);
 int par_get_threads(void);
+
+/* Restricts pool worker (1..n-1) to the CPUs in set. Returns 0 or -errno. */
+int par_pin_worker(int worker, const cpu_set_t *set);
 
 /* Splits [0, n_items) into one contiguous chunk per thread, each of at least grain items
  * (waking a thread costs microseconds: small jobs run inline), and waits for all of them.
