@@ -111,14 +111,24 @@ void nn_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
         par_for((long) N, ELEMENT_GRAIN / C + 1, layernorm_forward_rows, &a, 0);
 }
 
-NN_HOT void nn_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                                  const float *inp, const float *weight, const float *mean,
-                                  const float *rstd, size_t N, int C) {
-        for (size_t n = 0; n < N; n++) {
-                const float *d = dout + n * C;
-                const float *x = inp + n * C;
-                float *dx = dinp + n * C;
-                float m = mean[n], s = rstd[n];
+typedef struct {
+        float *dinp, *dweight, *dbias;
+        const float *dout, *inp, *weight, *mean, *rstd;
+        size_t N;
+        int C;
+} layernorm_back_args;
+
+/* dx, row by row: each row needs only its own two means. */
+NN_HOT static void layernorm_backward_rows(void *ctx, long begin, long end, int worker) {
+        const layernorm_back_args *a = ctx;
+        const float *weight = a->weight;
+        int C = a->C;
+
+        for (long n = begin; n < end; n++) {
+                const float *d = a->dout + n * C;
+                const float *x = a->inp + n * C;
+                float *dx = a->dinp + n * C;
+                float m = a->mean[n], s = a->rstd[n];
                 float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
 
                 for (int i = 0; i < C; i++) {
@@ -132,11 +142,40 @@ NN_HOT void nn_layernorm_backward(float *dinp, float *dweight, float *dbias, con
                 for (int i = 0; i < C; i++) {
                         float norm = (x[i] - m) * s;
                         float dnorm = weight[i] * d[i];
-                        dbias[i] += d[i];
-                        dweight[i] += norm * d[i];
                         dx[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
                 }
         }
+}
+
+/* dweight and dbias, by columns: every column still sums its rows in order 0..N-1, so the
+ * result does not depend on the number of threads. */
+NN_HOT static void layernorm_backward_cols(void *ctx, long begin, long end, int worker) {
+        const layernorm_back_args *a = ctx;
+        int C = a->C;
+
+        for (size_t n = 0; n < a->N; n++) {
+                const float *d = a->dout + n * C;
+                const float *x = a->inp + n * C;
+                float m = a->mean[n], s = a->rstd[n];
+
+                for (long i = begin; i < end; i++) {
+                        float norm = (x[i] - m) * s;
+                        a->dbias[i] += d[i];
+                        a->dweight[i] += norm * d[i];
+                }
+        }
+}
+
+void nn_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                           const float *inp, const float *weight, const float *mean,
+                           const float *rstd, size_t N, int C) {
+        layernorm_back_args a = { .dinp = dinp, .dweight = dweight, .dbias = dbias,
+                                  .dout = dout, .inp = inp, .weight = weight, .mean = mean,
+                                  .rstd = rstd, .N = N, .C = C };
+
+        par_for((long) N, ELEMENT_GRAIN / C + 1, layernorm_backward_rows, &a, 0);
+        /* 16 floats: one cache line per thread boundary at least */
+        par_for(C, MAX(16, (long) (ELEMENT_GRAIN / (N ? N : 1))), layernorm_backward_cols, &a, 0);
 }
 
 void nn_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
