@@ -96,19 +96,40 @@ enum MHD_Result agg_api_task(agg_request *rq) {
         const char *inm;
         agg_student stu;
         agg_version cur;
+        agg_lr_schedule sched;
+        agg_budget_params budget;
+        double speed;
+        bool round_open;
+        int local_steps;
         struct stat st;
         json_t *j, *pol;
 
         if (!agg_authenticate(rq))
                 return MHD_YES;
+        /* the fleet's learning rate (agg_lr_position); the version is in the ETag */
+        agg_settings_lr_schedule(s, &sched);
+        /* this device's step budget from its measured speed; the task request opens its
+         * round (the update ends it), unless one is open already */
+        agg_settings_budget(s, &budget);
+        if (agg_store_device_pace(rq->srv->store, rq->device, &speed, &round_open) < 0) {
+                speed = NAN; /* not measured: LocalSteps */
+                round_open = true;
+        }
+        local_steps = agg_round_budget(&budget, speed);
+        if (!round_open && agg_store_round_begin(rq->srv->store, rq->device, local_steps) < 0)
+                log_debug("device %s: the round's start not recorded", rq->device);
         if (agg_store_current_version(rq->srv->store, &cur) < 0 ||
             agg_blob_path(agg_store_dir(rq->srv->store), cur.blob, &path) < 0 || stat(path, &st) < 0)
                 return agg_respond_error(rq, MHD_HTTP_SERVICE_UNAVAILABLE, "storage",
                                          "the current model is not readable");
         /* a newly published student changes the task too */
         bool student = agg_student_read(agg_store_dir(rq->srv->store), &stu) >= 0;
-        snprintf(rq->etag, sizeof(rq->etag), "\"%" PRIu64 "-%" PRIu64 "%s%.12s\"", cur.version,
-                 s->generation, student ? "-" : "", student ? stu.sha : "");
+        /* a per-device budget is part of the task too: "-s<steps>" when RoundSeconds is on */
+        char steps_tag[24] = "";
+        if (s->round_seconds > 0)
+                snprintf(steps_tag, sizeof(steps_tag), "-s%d", local_steps);
+        snprintf(rq->etag, sizeof(rq->etag), "\"%" PRIu64 "-%" PRIu64 "%s%s%.12s\"", cur.version,
+                 s->generation, steps_tag, student ? "-" : "", student ? stu.sha : "");
         inm = header(rq, MHD_HTTP_HEADER_IF_NONE_MATCH);
         if (inm && (!strcmp(inm, rq->etag) || !strcmp(inm, "*")))
                 return agg_respond(rq, MHD_HTTP_NOT_MODIFIED, NULL, NULL, 0);
@@ -120,8 +141,12 @@ enum MHD_Result agg_api_task(agg_request *rq) {
                       "version", (json_int_t) cur.version, "model", s->cfg.name, "config",
                       "block_size", s->cfg.block_size, "n_embd", s->cfg.n_embd, "n_layer",
                       s->cfg.n_layer, "n_head", s->cfg.n_head, "model_sha256", cur.blob,
-                      "model_bytes", (json_int_t) st.st_size, "local_steps", s->local_steps,
-                      "batch", s->batch, "lr", f2d(s->lr), "weight_decay",
+                      "model_bytes", (json_int_t) st.st_size, "local_steps", local_steps,
+                      "batch", s->batch, "lr",
+                      f2d(agg_lr_at(&sched, agg_lr_position(cur.merged_tokens, s->buffer_size,
+                                                            s->local_steps, s->batch,
+                                                            s->cfg.block_size))),
+                      "weight_decay",
                       f2d(s->weight_decay), "encoding", upd_encoding_to_string(s->encoding),
                       "topk_fraction", f2d(s->topk_fraction), "max_staleness",
                       s->max_staleness, "report_interval_s", s->report_interval_s, "policy", pol);

@@ -73,20 +73,25 @@ int agg_blob_load_model(const char *dir, const char *sha, model *m) {
         return ckpt_load(path, m, NULL, &st);
 }
 
-int agg_blob_save_floats(const char *dir, const float *data, size_t n, char ret_sha[65]) {
+int agg_blob_save_bytes(const char *dir, const void *data, size_t size, char ret_sha[65]) {
         _cleanup_free_ char *path = NULL;
         int r;
 
-        hash_sha256_hex(data, n * sizeof(float), ret_sha);
+        hash_sha256_hex(data, size, ret_sha);
         if ((r = agg_blob_path(dir, ret_sha, &path)) < 0)
                 return r;
-        r = write_file_atomic(path, 0640, data, n * sizeof(float));
+        r = write_file_atomic(path, 0640, data, size);
         if (r < 0)
                 return log_error_errno(r, "%s: cannot write", path);
         return 0;
 }
 
-int agg_blob_load_floats(const char *dir, const char *sha, float *data, size_t n) {
+int agg_blob_save_floats(const char *dir, const float *data, size_t n, char ret_sha[65]) {
+        return agg_blob_save_bytes(dir, data, n * sizeof(float), ret_sha);
+}
+
+int agg_blob_load_bytes(const char *dir, const char *sha, size_t max, void **ret,
+                        size_t *ret_size) {
         _cleanup_free_ char *path = NULL;
         _cleanup_free_ void *buf = NULL;
         char actual[HASH_SHA256_HEX];
@@ -95,14 +100,30 @@ int agg_blob_load_floats(const char *dir, const char *sha, float *data, size_t n
 
         if ((r = agg_blob_path(dir, sha, &path)) < 0)
                 return r;
-        if ((r = read_full_file(path, n * sizeof(float), &buf, &size)) < 0)
+        if ((r = read_full_file(path, max, &buf, &size)) < 0)
                 return log_error_errno(r, "%s: cannot read", path);
-        if (size != n * sizeof(float))
-                return log_error_errno(EBADMSG, "%s: %zu bytes, expected %zu", path, size,
-                                       n * sizeof(float));
         hash_sha256_hex(buf, size, actual);
         if (strcmp(actual, sha) != 0)
                 return log_error_errno(EBADMSG, "%s: the blob is damaged", path);
+        *ret = TAKE_PTR(buf);
+        *ret_size = size;
+        return 0;
+}
+
+int agg_blob_load_floats(const char *dir, const char *sha, float *data, size_t n) {
+        _cleanup_free_ char *path = NULL;
+        _cleanup_free_ void *buf = NULL;
+        size_t size;
+        int r;
+
+        if ((r = agg_blob_load_bytes(dir, sha, n * sizeof(float), &buf, &size)) < 0)
+                return r;
+        if (size != n * sizeof(float)) {
+                if (agg_blob_path(dir, sha, &path) < 0)
+                        return -ENOMEM;
+                return log_error_errno(EBADMSG, "%s: %zu bytes, expected %zu", path, size,
+                                       n * sizeof(float));
+        }
         memcpy(data, buf, size);
         return 0;
 }

@@ -71,7 +71,7 @@ static int apply_set(agg_store *s, char **kv, size_t n, bool init) {
 }
 
 static void print_kv(const char *k, const char *v, void *userdata) {
-        printf("  %-18s %s\n", k, v);
+        printf("  %-20s %s\n", k, v);
 }
 
 static int cmd_init(int argc, char **argv) {
@@ -424,6 +424,15 @@ static int cmd_status(int argc, char **argv) {
         printf("Updates: %" PRId64 " accepted, %" PRId64 " merged, %" PRId64
                " dropped (stale), %" PRId64 " waiting\n",
                logged, merged, dropped, logged - merged - dropped);
+        printf("Merging: %s, server learning rate %g, %d updates a merge",
+               set->optimizer == AGG_OPT_FEDADAM    ? "fedadam"
+               : set->optimizer == AGG_OPT_NESTEROV ? "nesterov"
+                                                    : "fedavg",
+               (double) agg_settings_server_lr(set), set->buffer_size);
+        if (set->optimizer == AGG_OPT_NESTEROV)
+                printf(", momentum %g every %d merges", (double) set->server_momentum,
+                       set->server_momentum_period);
+        printf("\n");
         printf("Recent versions:\n");
         for (size_t i = 0; i < nv; i++) {
                 printf("  v%-6" PRIu64 " %4" PRId64 " updates  loss ", v[i].version,

@@ -11,16 +11,17 @@ double agg_staleness_factor(uint64_t staleness) {
 }
 
 int agg_weights(const uint64_t *tokens, const uint64_t *staleness, size_t k, double *ret_w) {
-        double sum = 0;
+        double sum = 0, total = 0;
 
         for (size_t i = 0; i < k; i++) {
                 ret_w[i] = (double) tokens[i] * agg_staleness_factor(staleness[i]);
                 sum += ret_w[i];
+                total += (double) tokens[i];
         }
         if (!(sum > 0))
                 return -EINVAL;
         for (size_t i = 0; i < k; i++)
-                ret_w[i] /= sum;
+                ret_w[i] /= total;
         return 0;
 }
 
@@ -72,13 +73,32 @@ void agg_fedavg(float *x, const float *delta, size_t n, float lr) {
                 x[j] += lr * delta[j];
 }
 
-void agg_fedadam(float *x, float *m, float *v, const float *delta, size_t n, float lr) {
+void agg_fedadam(float *x, float *m, float *v, const float *delta, size_t n, float lr, float eps) {
         for (size_t j = 0; j < n; j++) {
                 float d = delta[j];
                 m[j] = AGG_ADAM_B1 * m[j] + (1.0f - AGG_ADAM_B1) * d;
                 v[j] = AGG_ADAM_B2 * v[j] + (1.0f - AGG_ADAM_B2) * d * d;
-                x[j] += lr * m[j] / (sqrtf(v[j]) + AGG_ADAM_EPS);
+                x[j] += lr * m[j] / (sqrtf(v[j]) + eps);
         }
+}
+
+void agg_nesterov(float *x, float *m, float *acc, uint32_t *count, const float *g, size_t n,
+                  const agg_nesterov_params *p) {
+        uint32_t period = p->period > 0 ? p->period : 1;
+        float step = p->lr / (float) period;
+
+        for (size_t j = 0; j < n; j++) {
+                x[j] += step * g[j];
+                acc[j] += g[j];
+        }
+        if (++*count < period)
+                return;
+        for (size_t j = 0; j < n; j++) {
+                m[j] = p->mu * m[j] + acc[j] / (float) period;
+                x[j] += p->lr * p->mu * m[j];
+                acc[j] = 0;
+        }
+        *count = 0;
 }
 
 double agg_l2_norm(const float *x, size_t n) {

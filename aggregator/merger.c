@@ -78,8 +78,82 @@ int agg_merge_eval_current(agg_store *s) {
         return evaluate(s, set, m, cur.version);
 }
 
+/* The server optimizer's state is saved with each version, as the blob its row names in
+ * 'moments' (content-addressed, written and fsync'd before the commit like the model blob),
+ * and loaded from the current version at the next merge:
+ *     fedadam    m[n] v[n]                       8n bytes
+ *     nesterov   m[n] acc[n] "EDNM" count        8n + 8 bytes
+ * floats and the uint32 count in host byte order (little-endian on every supported machine);
+ * count is how many merges acc holds (agg_nesterov). The size tells the two apart: after a
+ * ServerOptimizer change the other optimizer's state is left alone and the new one starts
+ * from zero. fedavg keeps none. */
+#define NESTEROV_MAGIC "EDNM"
+#define NESTEROV_TRAILER 8 /* magic, count */
+
+static size_t state_bytes(agg_optimizer opt, size_t n) {
+        switch (opt) {
+        case AGG_OPT_FEDADAM:
+                return 2 * n * sizeof(float);
+        case AGG_OPT_NESTEROV:
+                return 2 * n * sizeof(float) + NESTEROV_TRAILER;
+        default:
+                return 0;
+        }
+}
+
+static bool state_is(agg_optimizer opt, size_t n, const void *buf, size_t size) {
+        if (size != state_bytes(opt, n))
+                return false;
+        return opt != AGG_OPT_NESTEROV ||
+               !memcmp((const uint8_t *) buf + 2 * n * sizeof(float), NESTEROV_MAGIC, 4);
+}
+
+/* Fills state (2n floats) and *ret_count from the state saved with version cur: zeros when
+ * there is none or it is another optimizer's. */
+static int state_load(const char *dir, const agg_version *cur, agg_optimizer opt, size_t n,
+                      float *state, uint32_t *ret_count) {
+        _cleanup_free_ void *buf = NULL;
+        size_t size;
+        int r;
+
+        memset(state, 0, 2 * n * sizeof(float));
+        *ret_count = 0;
+        if (!cur->moments[0])
+                return 0;
+        r = agg_blob_load_bytes(dir, cur->moments, 2 * n * sizeof(float) + NESTEROV_TRAILER, &buf,
+                                &size);
+        if (r < 0)
+                return r;
+        if (state_is(opt, n, buf, size)) {
+                memcpy(state, buf, 2 * n * sizeof(float));
+                if (opt == AGG_OPT_NESTEROV)
+                        memcpy(ret_count, (const uint8_t *) buf + 2 * n * sizeof(float) + 4,
+                               sizeof(*ret_count));
+                return 0;
+        }
+        if (state_is(AGG_OPT_FEDADAM, n, buf, size) || state_is(AGG_OPT_NESTEROV, n, buf, size)) {
+                log_info("version %llu holds another server optimizer's state: the new one "
+                         "starts from zero",
+                         (unsigned long long) cur->version);
+                return 0;
+        }
+        return log_error_errno(EBADMSG, "version %llu: optimizer state %s: %zu bytes, not a "
+                                        "state of this model",
+                               (unsigned long long) cur->version, cur->moments, size);
+}
+
+static int state_save(const char *dir, agg_optimizer opt, size_t n, float *state, uint32_t count,
+                      char ret_sha[65]) {
+        if (opt == AGG_OPT_NESTEROV) {
+                uint8_t *trailer = (uint8_t *) (state + 2 * n);
+                memcpy(trailer, NESTEROV_MAGIC, 4);
+                memcpy(trailer + 4, &count, sizeof(count));
+        }
+        return agg_blob_save_bytes(dir, state, state_bytes(opt, n), ret_sha);
+}
+
 /* -ENOSPC when the store's file system cannot take a new version (its model blob, the
- * moments, the commit): checked before the work of a merge, which a full disk would only
+ * optimizer state, the commit): checked before the work of a merge, which a full disk would only
  * throw away at the first write. Unknown sizes pass: the writes themselves decide then. */
 static int check_space(const char *dir, const agg_version *cur, size_t moments_bytes) {
         _cleanup_free_ char *path = NULL;
@@ -118,7 +192,7 @@ int agg_merge_once(agg_store *s, agg_metrics *metrics, bool *ret_merged) {
         _cleanup_free_ agg_settings *set = malloc(sizeof(*set));
         _cleanup_free_ model_layout *lay = malloc(sizeof(*lay));
         _cleanup_free_ agg_update *u = NULL;
-        _cleanup_free_ float *agg = NULL, *moments = NULL;
+        _cleanup_free_ float *agg = NULL, *state = NULL;
         _cleanup_free_ int64_t *ids = NULL, *stale_ids = NULL;
         _cleanup_free_ uint64_t *tokens = NULL, *staleness = NULL;
         _cleanup_free_ double *w = NULL;
@@ -179,8 +253,7 @@ int agg_merge_once(agg_store *s, agg_metrics *metrics, bool *ret_merged) {
         }
 
         model_layout_init(lay, &set->cfg);
-        r = check_space(agg_store_dir(s), &cur,
-                        set->optimizer == AGG_OPT_FEDADAM ? 2 * lay->n_params * sizeof(float) : 0);
+        r = check_space(agg_store_dir(s), &cur, state_bytes(set->optimizer, lay->n_params));
         if (r < 0)
                 return r; /* the buffer stays pending; the worker retries */
         if ((r = model_new(&set->cfg, 1, set->cfg.block_size, &m)) < 0)
@@ -219,20 +292,29 @@ int agg_merge_once(agg_store *s, agg_metrics *metrics, bool *ret_merged) {
             (r = agg_aggregate((const float *const *) ds.deltas, w, k, lay->n_params,
                                set->trim_fraction, agg)) < 0)
                 goto out;
-        if (set->optimizer == AGG_OPT_FEDADAM) {
-                moments = calloc(2 * lay->n_params, sizeof(float));
-                if (!moments) {
+        if (set->optimizer == AGG_OPT_FEDADAM || set->optimizer == AGG_OPT_NESTEROV) {
+                size_t np = lay->n_params;
+                uint32_t count;
+                /* 2n floats and room for the Nesterov trailer */
+                state = calloc(2 * np + NESTEROV_TRAILER / sizeof(float), sizeof(float));
+                if (!state) {
                         r = -ENOMEM;
                         goto out;
                 }
-                if (cur.moments[0] &&
-                    (r = agg_blob_load_floats(agg_store_dir(s), cur.moments, moments,
-                                              2 * lay->n_params)) < 0)
+                if ((r = state_load(agg_store_dir(s), &cur, set->optimizer, np, state, &count)) < 0)
                         goto out;
-                agg_fedadam(m->params, moments, moments + lay->n_params, agg, lay->n_params,
-                            agg_settings_server_lr(set));
-                if ((r = agg_blob_save_floats(agg_store_dir(s), moments, 2 * lay->n_params,
-                                              next.moments)) < 0)
+                if (set->optimizer == AGG_OPT_FEDADAM)
+                        agg_fedadam(m->params, state, state + np, agg, np,
+                                    agg_settings_server_lr(set), set->server_adam_eps);
+                else
+                        agg_nesterov(m->params, state, state + np, &count, agg, np,
+                                     &(agg_nesterov_params){
+                                             .lr = agg_settings_server_lr(set),
+                                             .mu = set->server_momentum,
+                                             .period = (uint32_t) set->server_momentum_period,
+                                     });
+                if ((r = state_save(agg_store_dir(s), set->optimizer, np, state, count,
+                                    next.moments)) < 0)
                         goto out;
         } else
                 agg_fedavg(m->params, agg, lay->n_params, agg_settings_server_lr(set));

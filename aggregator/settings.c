@@ -9,6 +9,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "merge.h"
+
 uint64_t agg_default_max_update_bytes(size_t n_params) {
         /* an fp32 update plus zstd's worst-case expansion and the per-tensor headers */
         return 4 * (uint64_t) n_params + n_params / 64 + 65536;
@@ -27,11 +29,19 @@ void agg_settings_default(agg_settings *s, const model_config *cfg) {
                 .seed = 1,
                 .buffer_size = 4,
                 .optimizer = AGG_OPT_FEDAVG,
+                /* measured with bench/fed-learning (README, "Federated learning") */
+                .server_momentum = 0.7f,
+                .server_momentum_period = 2,
+                .server_adam_eps = AGG_ADAM_EPS_DEFAULT,
                 .max_staleness = 8,
                 .trim_fraction = 0.0,
                 .local_steps = 50,
                 .batch = 4,
                 .lr = 1e-3f,
+                .lr_schedule = AGG_LR_COSINE,
+                .lr_warmup_tokens = 1000000,
+                .lr_horizon_tokens = 1000000000,
+                .local_steps_min = 1,
                 .topk_fraction = 0.01f,
                 .encoding = UPD_INT8,
                 .report_interval_s = 60,
@@ -53,7 +63,35 @@ void agg_settings_default(agg_settings *s, const model_config *cfg) {
 float agg_settings_server_lr(const agg_settings *s) {
         if (s->server_lr > 0)
                 return s->server_lr;
-        return s->optimizer == AGG_OPT_FEDADAM ? 0.01f : 1.0f;
+        switch (s->optimizer) {
+        case AGG_OPT_FEDADAM:
+                return 0.01f;
+        case AGG_OPT_NESTEROV:
+                return 0.5f;
+        default:
+                /* FedBuff's server rate; 0.7 learnt 0.7-0.8 % better than 1 in
+                 * bench/fed-learning over three seeds */
+                return 0.7f;
+        }
+}
+
+/* older spellings still accepted: { old, canonical } */
+static const char *const key_aliases[][2] = {
+        { "ServerLR", "ServerLearningRate" },
+};
+
+const char *agg_settings_canonical_key(const char *key) {
+        for (size_t i = 0; i < sizeof(key_aliases) / sizeof(key_aliases[0]); i++)
+                if (!strcmp(key, key_aliases[i][0]))
+                        return key_aliases[i][1];
+        return key;
+}
+
+const char *agg_settings_old_key(const char *key) {
+        for (size_t i = 0; i < sizeof(key_aliases) / sizeof(key_aliases[0]); i++)
+                if (!strcmp(key, key_aliases[i][1]))
+                        return key_aliases[i][0];
+        return NULL;
 }
 
 static int bad(char *err, size_t n, const char *key, const char *value, const char *what) {
@@ -147,10 +185,23 @@ int agg_settings_apply(agg_settings *s, const char *key, const char *value, char
         INT_KEY("ReportIntervalSec", report_interval_s, 1, 86400)
         INT_KEY("RateLimitBurst", rate_burst, 1, 1000000)
         INT_KEY("Generation", generation, 0, 9223372036854775807LL)
-        DBL_KEY("ServerLR", server_lr, 0.0, 100.0, "a number in [0, 100] (0: the default)")
         DBL_KEY("MaxUpdateNorm", max_update_norm, 0.0, 1e30, "a number >= 0 (0: no bound)")
         DBL_KEY("TrimFraction", trim_fraction, 0.0, 0.49, "a fraction in [0, 0.49]")
         DBL_KEY("LR", lr, 0.0, 10.0, "a number in [0, 10]")
+        INT_KEY("LRWarmupTokens", lr_warmup_tokens, 0, 1000000000000000LL)
+        INT_KEY("LRHorizonTokens", lr_horizon_tokens, 1, 1000000000000000LL)
+        DBL_KEY("LRMin", lr_min, 0.0, 10.0, "a number in [0, 10] (0: LR/10)")
+        if (!strcmp(key, "LRSchedule")) {
+                int k = agg_lr_kind_from_string(value);
+                if (k < 0)
+                        return bad(err, err_size, key, value, "cosine or constant");
+                s->lr_schedule = (agg_lr_kind) k;
+                return 0;
+        }
+        DBL_KEY("RoundSeconds", round_seconds, 0.0, 604800.0,
+                "a number of seconds in [0, 604800] (0: off)")
+        INT_KEY("LocalStepsMin", local_steps_min, 1, 1000000)
+        INT_KEY("MaxLocalSteps", max_local_steps, 0, 1000000)
         DBL_KEY("WeightDecay", weight_decay, 0.0, 10.0, "a number in [0, 10]")
         DBL_KEY("RateLimitPerSec", rate_per_s, 0.001, 1e6, "a rate in [0.001, 1e6]")
         if (!strcmp(key, "TopkFraction")) {
@@ -164,8 +215,30 @@ int agg_settings_apply(agg_settings *s, const char *key, const char *value, char
                         s->optimizer = AGG_OPT_FEDAVG;
                 else if (!strcmp(value, "fedadam"))
                         s->optimizer = AGG_OPT_FEDADAM;
+                else if (!strcmp(value, "nesterov"))
+                        s->optimizer = AGG_OPT_NESTEROV;
                 else
-                        return bad(err, err_size, key, value, "fedavg or fedadam");
+                        return bad(err, err_size, key, value, "fedavg, fedadam or nesterov");
+                return 0;
+        }
+        if (!strcmp(agg_settings_canonical_key(key), "ServerLearningRate")) {
+                if (parse_d(value, 0.0, 100.0, &d) < 0)
+                        return bad(err, err_size, key, value,
+                                   "a number in [0, 100] (0: the optimizer's default)");
+                s->server_lr = (float) d;
+                return 0;
+        }
+        if (!strcmp(key, "ServerMomentum")) {
+                if (parse_d(value, 0.0, 1.0, &d) < 0 || d >= 1.0)
+                        return bad(err, err_size, key, value, "a number in [0, 1)");
+                s->server_momentum = (float) d;
+                return 0;
+        }
+        INT_KEY("ServerMomentumPeriod", server_momentum_period, 1, 10000)
+        if (!strcmp(key, "ServerAdamEpsilon")) {
+                if (parse_d(value, 0.0, 1.0, &d) < 0 || d <= 0)
+                        return bad(err, err_size, key, value, "a number in (0, 1]");
+                s->server_adam_eps = (float) d;
                 return 0;
         }
         if (!strcmp(key, "ClipUpdates")) {
@@ -238,8 +311,15 @@ void agg_settings_foreach(const agg_settings *s, agg_settings_fn fn, void *userd
         fn("Model", s->cfg.name, userdata);
         EMIT("Seed", "%" PRIu64, s->seed);
         EMIT("BufferSize", "%d", s->buffer_size);
-        fn("ServerOptimizer", s->optimizer == AGG_OPT_FEDADAM ? "fedadam" : "fedavg", userdata);
-        EMIT("ServerLR", "%g", (double) s->server_lr);
+        fn("ServerOptimizer",
+           s->optimizer == AGG_OPT_FEDADAM    ? "fedadam"
+           : s->optimizer == AGG_OPT_NESTEROV ? "nesterov"
+                                              : "fedavg",
+           userdata);
+        EMIT("ServerLearningRate", "%g", (double) s->server_lr);
+        EMIT("ServerMomentum", "%g", (double) s->server_momentum);
+        EMIT("ServerMomentumPeriod", "%d", s->server_momentum_period);
+        EMIT("ServerAdamEpsilon", "%g", (double) s->server_adam_eps);
         EMIT("MaxStaleness", "%d", s->max_staleness);
         EMIT("MaxUpdateBytes", "%" PRIu64, s->max_update_bytes);
         EMIT("MaxUpdateNorm", "%g", s->max_update_norm);
@@ -247,6 +327,13 @@ void agg_settings_foreach(const agg_settings *s, agg_settings_fn fn, void *userd
         EMIT("TrimFraction", "%g", s->trim_fraction);
         EMIT("LocalSteps", "%d", s->local_steps);
         EMIT("LR", "%g", (double) s->lr);
+        fn("LRSchedule", agg_lr_kind_to_string(s->lr_schedule), userdata);
+        EMIT("LRWarmupTokens", "%" PRIu64, s->lr_warmup_tokens);
+        EMIT("LRHorizonTokens", "%" PRIu64, s->lr_horizon_tokens);
+        EMIT("LRMin", "%g", (double) s->lr_min);
+        EMIT("RoundSeconds", "%g", s->round_seconds);
+        EMIT("LocalStepsMin", "%d", s->local_steps_min);
+        EMIT("MaxLocalSteps", "%d", s->max_local_steps);
         EMIT("WeightDecay", "%g", (double) s->weight_decay);
         EMIT("Batch", "%d", s->batch);
         fn("Encoding", upd_encoding_to_string(s->encoding), userdata);
@@ -261,4 +348,19 @@ void agg_settings_foreach(const agg_settings *s, agg_settings_fn fn, void *userd
                 fn(k, s->policy_value[i], userdata);
         }
 #undef EMIT
+}
+
+void agg_settings_lr_schedule(const agg_settings *s, agg_lr_schedule *ret) {
+        *ret = (agg_lr_schedule){ .kind = s->lr_schedule,
+                                  .lr = s->lr,
+                                  .lr_min = s->lr_min,
+                                  .warmup_tokens = s->lr_warmup_tokens,
+                                  .horizon_tokens = s->lr_horizon_tokens };
+}
+
+void agg_settings_budget(const agg_settings *s, agg_budget_params *ret) {
+        *ret = (agg_budget_params){ .round_seconds = s->round_seconds,
+                                    .local_steps = s->local_steps,
+                                    .min_steps = s->local_steps_min,
+                                    .max_steps = s->max_local_steps };
 }

@@ -9,19 +9,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lr-schedule.h"
 #include "model.h"
+#include "round-budget.h"
 #include "update-codec.h"
 
 #define AGG_MAX_POLICY 16
 
-typedef enum { AGG_OPT_FEDAVG, AGG_OPT_FEDADAM } agg_optimizer;
+typedef enum { AGG_OPT_FEDAVG, AGG_OPT_FEDADAM, AGG_OPT_NESTEROV } agg_optimizer;
 
 typedef struct {
         model_config cfg;     /* "Model": fixed at init */
         uint64_t seed;        /* "Seed": of version 0, informational */
         int buffer_size;      /* K */
         agg_optimizer optimizer;
-        float server_lr;      /* 0: the optimizer's default (1.0 FedAvg, 0.01 FedAdam) */
+        float server_lr;            /* "ServerLearningRate" (alias "ServerLR"); 0: the
+                                     * optimizer's default, agg_settings_server_lr */
+        float server_momentum;      /* nesterov: mu, [0, 1) */
+        int server_momentum_period; /* nesterov: merges per momentum step, >= 1 */
+        float server_adam_eps;      /* fedadam: epsilon, > 0 */
         int max_staleness;
         uint64_t max_update_bytes;
         double max_update_norm; /* 0: no bound */
@@ -29,6 +35,13 @@ typedef struct {
         double trim_fraction; /* [0, 0.5) */
         int local_steps, batch;
         float lr, weight_decay, topk_fraction;
+        /* the fleet's learning-rate schedule over merged tokens (lr-schedule.h); lr the peak */
+        agg_lr_kind lr_schedule;
+        uint64_t lr_warmup_tokens, lr_horizon_tokens;
+        float lr_min; /* 0: lr / 10 */
+        /* per-device step budgets (round-budget.h) */
+        double round_seconds; /* 0: off, every device gets local_steps */
+        int local_steps_min, max_local_steps; /* max 0: 4 x local_steps */
         upd_encoding encoding;
         int report_interval_s;
         char validation_file[4096]; /* empty: no evaluation */
@@ -48,8 +61,19 @@ void agg_settings_default(agg_settings *s, const model_config *cfg);
 int agg_settings_apply(agg_settings *s, const char *key, const char *value, char *err,
                        size_t err_size);
 
-/* The effective server learning rate. */
+/* The effective server learning rate: ServerLearningRate, or when it is 0 the optimizer's
+ * default, whose numbers live in this function only (settings.c). */
 float agg_settings_server_lr(const agg_settings *s);
+
+/* The name a key is stored and listed under: "ServerLearningRate" for its older spelling
+ * "ServerLR" (still accepted), key itself otherwise. */
+const char *agg_settings_canonical_key(const char *key);
+/* The older spelling of canonical key that is still accepted, or NULL. */
+const char *agg_settings_old_key(const char *key);
+
+/* The fleet's learning-rate schedule and the per-device step budget the settings make. */
+void agg_settings_lr_schedule(const agg_settings *s, agg_lr_schedule *ret);
+void agg_settings_budget(const agg_settings *s, agg_budget_params *ret);
 
 /* Every known key with its current value, for 'init' and 'status': calls fn per key. */
 typedef void (*agg_settings_fn)(const char *key, const char *value, void *userdata);

@@ -61,6 +61,13 @@ static int64_t now_s(void) {
         return (int64_t) time(NULL);
 }
 
+/* Wall-clock milliseconds: rounds are timed across restarts. */
+static int64_t now_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* The errno behind the last failure. A full disk must read as -ENOSPC (or -EDQUOT) wherever
  * SQLite notices it: SQLITE_FULL for a short write, an I/O error carrying the system errno
  * for a quota, growing the -shm file, or a failed COMMIT. */
@@ -138,6 +145,57 @@ static void load_stage_token(agg_store *s) {
         (void) read_stage_token(s);
 }
 
+/* Columns added after the first stores were made: added, and filled in from the update log,
+ * when a store without them is opened. One transaction, checked again inside it, so two
+ * processes opening an old store at once do it once. */
+static const struct {
+        const char *table, *column, *decl, *fill;
+} added_columns[] = {
+        { "versions", "merged_tokens", "INTEGER NOT NULL DEFAULT 0",
+          "UPDATE versions SET merged_tokens = (SELECT coalesce(sum(u.tokens), 0) FROM updates u "
+          "WHERE u.merged_into IS NOT NULL AND u.merged_into <= versions.version)" },
+        { "devices", "round_started_ms", "INTEGER", NULL }, /* open round: when it began */
+        { "devices", "round_steps", "INTEGER", NULL },      /* open round: the budget asked */
+        { "devices", "speed", "REAL", NULL },               /* smoothed steps per second */
+};
+
+static bool has_column(agg_store *s, const char *table, const char *column) {
+        _cleanup_stmt_ sqlite3_stmt *q = NULL;
+        char sql[160];
+
+        snprintf(sql, sizeof(sql), "SELECT %s FROM %s LIMIT 0", column, table);
+        return sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) == SQLITE_OK;
+}
+
+static int migrate(agg_store *s) {
+        bool missing = false;
+        char sql[256];
+        int r;
+
+        for (size_t i = 0; i < ARRAY_SIZE(added_columns); i++)
+                missing = missing || !has_column(s, added_columns[i].table, added_columns[i].column);
+        if (!missing)
+                return 0;
+        if ((r = begin(s)) < 0)
+                return r;
+        for (size_t i = 0; i < ARRAY_SIZE(added_columns); i++) {
+                if (has_column(s, added_columns[i].table, added_columns[i].column))
+                        continue;
+                snprintf(sql, sizeof(sql), "ALTER TABLE %s ADD COLUMN %s %s",
+                         added_columns[i].table, added_columns[i].column, added_columns[i].decl);
+                if ((r = exec(s, sql)) < 0 ||
+                    (added_columns[i].fill && (r = exec(s, added_columns[i].fill)) < 0)) {
+                        rollback(s);
+                        return r;
+                }
+        }
+        if ((r = commit(s)) < 0) {
+                rollback(s);
+                return r;
+        }
+        return 0;
+}
+
 static int open_db(const char *dir, bool create, agg_store **ret) {
         _cleanup_free_ char *path = NULL;
         agg_store *s;
@@ -172,6 +230,10 @@ static int open_db(const char *dir, bool create, agg_store **ret) {
         if ((r = exec(s, "PRAGMA journal_mode=WAL")) < 0 ||
             (r = exec(s, "PRAGMA synchronous=FULL")) < 0 ||
             (r = exec(s, "PRAGMA foreign_keys=ON")) < 0 || (r = exec(s, schema)) < 0) {
+                agg_store_free(s);
+                return r;
+        }
+        if ((r = migrate(s)) < 0) {
                 agg_store_free(s);
                 return r;
         }
@@ -311,8 +373,13 @@ int agg_store_set(agg_store *s, char *const *kv, size_t n, bool allow_model, cha
                 const char *eq = strchr(kv[i], '=');
                 char key[64];
                 snprintf(key, sizeof(key), "%.*s", (int) (eq - kv[i]), kv[i]);
+                /* stored under its current name; a row under the old one would linger */
+                const char *canon = agg_settings_canonical_key(key),
+                           *old = agg_settings_old_key(canon);
                 r = (!strncmp(key, "Policy.", 7) && !eq[1]) ? del_setting(s, key)
-                                                              : put_setting(s, key, eq + 1);
+                                                            : put_setting(s, canon, eq + 1);
+                if (r >= 0 && old)
+                        r = del_setting(s, old);
                 if (r < 0)
                         goto fail;
         }
@@ -429,7 +496,8 @@ static void copy_text(char *dst, size_t n, sqlite3_stmt *st, int col) {
         snprintf(dst, n, "%s", t ? (const char *) t : "");
 }
 
-#define VERSION_COLS "version, blob, moments, created_at, val_loss, n_updates, merge_seconds"
+#define VERSION_COLS                                                                               \
+        "version, blob, moments, created_at, val_loss, n_updates, merge_seconds, merged_tokens"
 
 static void read_version(sqlite3_stmt *st, agg_version *v) {
         v->version = (uint64_t) sqlite3_column_int64(st, 0);
@@ -439,6 +507,7 @@ static void read_version(sqlite3_stmt *st, agg_version *v) {
         v->val_loss = sqlite3_column_type(st, 4) == SQLITE_NULL ? NAN : sqlite3_column_double(st, 4);
         v->n_updates = sqlite3_column_int64(st, 5);
         v->merge_seconds = sqlite3_column_double(st, 6);
+        v->merged_tokens = (uint64_t) sqlite3_column_int64(st, 7);
 }
 
 int agg_store_current_version(agg_store *s, agg_version *ret) {
@@ -534,6 +603,8 @@ static int counter_add_locked(agg_store *s, const char *name, int64_t delta) {
         return sqlite3_step(q) == SQLITE_DONE ? 0 : sql_err(s, "updating a counter");
 }
 
+static int round_end_locked(agg_store *s, const char *device, int64_t steps);
+
 int agg_store_insert_update(agg_store *s, const agg_update *u, const char *key, const void *body,
                             size_t size, int64_t *ret_id, bool *ret_duplicate) {
         _cleanup_stmt_ sqlite3_stmt *q = NULL;
@@ -568,6 +639,8 @@ int agg_store_insert_update(agg_store *s, const agg_update *u, const char *key, 
                 goto fail;
         }
         *ret_id = sqlite3_last_insert_rowid(s->db);
+        if ((r = round_end_locked(s, u->device, u->steps)) < 0)
+                goto fail;
         if ((r = counter_add_locked(s, "updates.accepted", 1)) < 0 || (r = commit(s)) < 0)
                 goto fail;
         *ret_duplicate = false;
@@ -716,6 +789,21 @@ int agg_store_commit_version(agg_store *s, const agg_version *v, const int64_t *
                         goto fail;
                 }
         }
+        {
+                /* the schedule's clock: version v-1's tokens plus those merged now */
+                _cleanup_stmt_ sqlite3_stmt *q = NULL;
+                if ((r = prepare(s, "UPDATE versions SET merged_tokens = (SELECT merged_tokens "
+                                    "FROM versions WHERE version = ?1 - 1) + (SELECT "
+                                    "coalesce(sum(tokens), 0) FROM updates WHERE merged_into = "
+                                    "?1) WHERE version = ?1",
+                                 &q)) < 0)
+                        goto fail;
+                sqlite3_bind_int64(q, 1, (int64_t) v->version);
+                if (sqlite3_step(q) != SQLITE_DONE) {
+                        r = sql_err(s, "counting the merged tokens");
+                        goto fail;
+                }
+        }
         if ((r = commit(s)) < 0)
                 goto fail;
         return 0;
@@ -734,6 +822,66 @@ int agg_store_set_val_loss(agg_store *s, uint64_t version, double loss) {
         sqlite3_bind_double(q, 1, loss);
         sqlite3_bind_int64(q, 2, (int64_t) version);
         return sqlite3_step(q) == SQLITE_DONE ? 0 : sql_err(s, "recording the validation loss");
+}
+
+/* Ends the device's open round, if any, folding its speed into the smoothed one. */
+static int round_end_locked(agg_store *s, const char *device, int64_t steps) {
+        _cleanup_stmt_ sqlite3_stmt *q = NULL, *u = NULL;
+        int r;
+
+        if ((r = prepare(s, "SELECT round_started_ms, round_steps, speed FROM devices WHERE id=?",
+                         &q)) < 0)
+                return r;
+        sqlite3_bind_text(q, 1, device, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) != SQLITE_ROW || sqlite3_column_type(q, 0) == SQLITE_NULL)
+                return 0; /* no round open: nothing to measure */
+        double old = sqlite3_column_type(q, 2) == SQLITE_NULL ? NAN : sqlite3_column_double(q, 2);
+        double sample = agg_speed_sample(steps, sqlite3_column_int64(q, 1),
+                                         now_ms() - sqlite3_column_int64(q, 0));
+        double speed = agg_speed_smooth(old, sample, AGG_SPEED_ALPHA);
+        if ((r = prepare(s, "UPDATE devices SET round_started_ms=NULL, round_steps=NULL, speed=? "
+                            "WHERE id=?",
+                         &u)) < 0)
+                return r;
+        if (isfinite(speed) && speed > 0)
+                sqlite3_bind_double(u, 1, speed);
+        else
+                sqlite3_bind_null(u, 1);
+        sqlite3_bind_text(u, 2, device, -1, SQLITE_STATIC);
+        return sqlite3_step(u) == SQLITE_DONE ? 0 : sql_err(s, "measuring the device's speed");
+}
+
+int agg_store_device_pace(agg_store *s, const char *device, double *ret_speed,
+                          bool *ret_round_open) {
+        _cleanup_stmt_ sqlite3_stmt *q = NULL;
+        int r;
+        LOCKED(s);
+
+        if ((r = prepare(s, "SELECT speed, round_started_ms IS NOT NULL FROM devices WHERE id=?",
+                         &q)) < 0)
+                return r;
+        sqlite3_bind_text(q, 1, device, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) != SQLITE_ROW)
+                return -ENOENT;
+        *ret_speed = sqlite3_column_type(q, 0) == SQLITE_NULL ? NAN : sqlite3_column_double(q, 0);
+        *ret_round_open = sqlite3_column_int(q, 1) != 0;
+        return 0;
+}
+
+int agg_store_round_begin(agg_store *s, const char *device, int steps) {
+        _cleanup_stmt_ sqlite3_stmt *q = NULL;
+        int r;
+        LOCKED(s);
+
+        if ((r = prepare(s, "UPDATE devices SET round_started_ms=?, round_steps=? WHERE id=? AND "
+                            "round_started_ms IS NULL",
+                         &q)) < 0)
+                return r;
+        sqlite3_bind_int64(q, 1, now_ms());
+        sqlite3_bind_int(q, 2, steps);
+        sqlite3_bind_text(q, 3, device, -1, SQLITE_STATIC);
+        /* not logged: a task is served without it (a full disk), and asked for again soon */
+        return sqlite3_step(q) == SQLITE_DONE ? 0 : -sql_errno(s);
 }
 
 int agg_store_telemetry(agg_store *s, const char *device, const char *json) {

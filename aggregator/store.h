@@ -23,11 +23,13 @@ typedef struct agg_store agg_store;
 typedef struct {
         uint64_t version;
         char blob[65];    /* sha256 of the model blob */
-        char moments[65]; /* FedAdam moments blob, "" when none */
+        char moments[65]; /* server optimizer state blob (merger.c), "" when none */
         int64_t created_at;
         double val_loss; /* NAN: not evaluated */
         int64_t n_updates;
         double merge_seconds;
+        uint64_t merged_tokens; /* tokens of every update merged into versions 1..version: the
+                                 * learning-rate schedule's clock (lr-schedule.h) */
 } agg_version;
 
 typedef struct {
@@ -89,7 +91,10 @@ int agg_store_insert_version0(agg_store *s, const char *blob);
 /* The update (device, key) if it is in the log: 0 with its id, -ENOENT otherwise. */
 int agg_store_find_update(agg_store *s, const char *device, const char *key, int64_t *ret_id);
 /* Appends an accepted update with its body, durably, bumping counter 'accepted' in the same
- * transaction. *ret_duplicate is true (and nothing written) when (device, key) exists. */
+ * transaction. *ret_duplicate is true (and nothing written) when (device, key) exists. In the
+ * same transaction it ends the device's open round (agg_store_round_begin), if any: the
+ * device's smoothed speed takes in agg_speed_sample(u->steps, the round's budget, the time
+ * since the round began). */
 int agg_store_insert_update(agg_store *s, const agg_update *u, const char *key, const void *body,
                             size_t size, int64_t *ret_id, bool *ret_duplicate);
 /* Oldest updates neither merged nor dropped, at most max; *ret malloc'd. */
@@ -100,9 +105,18 @@ int agg_store_update_body(agg_store *s, int64_t id, void **ret_body, size_t *ret
 int agg_store_drop_updates(agg_store *s, const int64_t *ids, size_t n);
 /* One transaction: inserts version row v (which must be current+1) and sets merged_into =
  * v for exactly these updates (all still pending, else nothing is written and -ESTALE),
- * freeing their bodies. */
+ * freeing their bodies; its merged_tokens is version v-1's plus these updates' tokens
+ * (v->merged_tokens is not read). */
 int agg_store_commit_version(agg_store *s, const agg_version *v, const int64_t *ids, size_t n);
 int agg_store_set_val_loss(agg_store *s, uint64_t version, double loss);
+
+/* A device's pace (round-budget.h): its smoothed speed in steps per second (NAN when not
+ * measured yet) and whether a round is open (begun, no update since). */
+int agg_store_device_pace(agg_store *s, const char *device, double *ret_speed,
+                          bool *ret_round_open);
+/* Opens a round for device now (the server's clock), asked to run steps, unless one is open
+ * already. Called at the device's task request; agg_store_insert_update ends it. */
+int agg_store_round_begin(agg_store *s, const char *device, int steps);
 
 int agg_store_telemetry(agg_store *s, const char *device, const char *json);
 /* All devices, most recently seen first; free with agg_devices_free. */

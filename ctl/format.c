@@ -359,14 +359,20 @@ static int add_power(ctl_table *t, json_t *s) {
 static int add_aggregator(ctl_table *t, json_t *s) {
         json_t *a = json_object_get(s, "aggregator");
         const char *state = get_str(a, "state"), *url = get_str(a, "url");
-        double pending;
-        char p[64] = "";
+        double pending, lr, steps;
+        char p[64] = "", l[64] = "";
 
         if (!state)
                 return ctl_table_add(t, "Aggregator", "-");
         if (get_num(a, "pending_updates", &pending))
                 snprintf(p, sizeof(p), ", %.0f update%s pending", pending, pending == 1 ? "" : "s");
-        return ctl_table_add(t, "Aggregator", "%s%s%s%s", state, url ? " " : "", url ? url : "", p);
+        /* the fleet's learning rate and step budget the device trains its round with */
+        if (get_num(a, "lr", &lr) && get_num(a, "local_steps", &steps))
+                snprintf(l, sizeof(l), ", lr %.3g, %.0f steps a round", lr, steps);
+        else if (get_num(a, "lr", &lr))
+                snprintf(l, sizeof(l), ", lr %.3g", lr);
+        return ctl_table_add(t, "Aggregator", "%s%s%s%s%s", state, url ? " " : "", url ? url : "",
+                             p, l);
 }
 
 static int add_data(ctl_table *t, json_t *s) {

@@ -60,6 +60,7 @@ struct federation {
         char *model_path;      /* the last model that passed validation: the one to train from */
         uint64_t model_version;
         model_config model_cfg;
+        float model_lr;        /* the rate the aggregator gave with that model's version */
         bool have_rejected;    /* the task's model failed validation: not fetched again */
         uint64_t rejected_version;
         char rejected_sha256[65];
@@ -214,7 +215,12 @@ static int refresh_task(federation *f) {
         f->next_task_poll = mono_now_s() + TASK_POLL_S;
         pthread_mutex_lock(&f->lock);
         memcpy(f->stage_token, f->task.stage_token, sizeof(f->stage_token));
+        f->st.local_steps = f->task.local_steps;
         pthread_mutex_unlock(&f->lock);
+        /* the rate goes with the version it was served for (a 'set' on the aggregator may
+         * change it for the same version) */
+        if (f->model_path && f->model_version == f->task.version)
+                f->model_lr = f->task.lr;
         /* a 304 says the task is the same, not that its model is here: a download may have
          * failed, so go by the version of the model at hand */
         if ((f->model_path && f->model_version == f->task.version) ||
@@ -257,6 +263,7 @@ static int refresh_task(federation *f) {
         f->model_path = path;
         f->model_version = f->task.version;
         f->model_cfg = f->task.cfg;
+        f->model_lr = f->task.lr;
         pthread_mutex_lock(&f->lock);
         f->st.have_task = true;
         f->st.version = f->model_version;
@@ -275,19 +282,25 @@ static int rebase(federation *f, trainer *t, bool replace) {
                 r = log_warning_errno(EPROTO, "the aggregator's model does not match the trainer's; restart edged");
         else
                 r = load_model(f->model_path, &f->model_cfg, &m);
+        /* the fleet's rate for this version, set before the base so that every step of the
+         * round runs at it (the trainer reads it at each step) */
+        if (r >= 0)
+                trainer_set_lr(t, f->model_lr);
         if (r >= 0)
                 r = trainer_set_base(t, m->params, f->model_version, replace, TRAINER_WAIT_S);
         model_free(m);
-        if (r < 0)
+        if (r < 0) {
+                trainer_set_lr(t, f->st.lr); /* the round goes on as it was */
                 return log_warning_errno(r, "cannot take version %" PRIu64 " as the base: %m",
                                          f->model_version);
+        }
         f->based_on = f->model_version;
-        trainer_set_lr(t, f->task.lr);
         pthread_mutex_lock(&f->lock);
         f->st.base_version = f->model_version;
+        f->st.lr = f->model_lr;
         pthread_mutex_unlock(&f->lock);
-        log_info("training from the aggregator's version %" PRIu64 "%s", f->model_version,
-                 replace ? "" : " (resuming local progress)");
+        log_info("training from the aggregator's version %" PRIu64 " at lr %g%s", f->model_version,
+                 (double) f->model_lr, replace ? "" : " (resuming local progress)");
         return 0;
 }
 

@@ -28,6 +28,9 @@ typedef struct {
         bool have_task;
         uint64_t version;          /* of the current task */
         uint64_t base_version;     /* the trainer's base */
+        float lr;                  /* the task's learning rate the trainer took at that base;
+                                    * 0: none yet (the local schedule) */
+        int local_steps;           /* the task's step budget per round; 0: no task yet */
         unsigned pending_updates;  /* 0 or 1 */
         uint64_t updates_sent, updates_acked, updates_duplicate, updates_rejected;
         uint64_t bytes_sent;

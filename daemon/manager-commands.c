@@ -65,14 +65,18 @@ static json_t *aggregator_status(manager *m) {
         if (!m->fed)
                 return json_pack("{s:s, s:n, s:i}", "state", "standalone", "url", "pending_updates", 0);
         federation_get_status(m->fed, &fs);
-        return json_pack("{s:s, s:s, s:i, s:o, s:I, s:I, s:I, s:I, s:s}", "state",
+        /* lr: the fleet's rate the trainer runs at since base_version; local_steps: the
+         * round's budget from the task */
+        return json_pack("{s:s, s:s, s:i, s:o, s:I, s:o, s:o, s:I, s:I, s:I, s:s}", "state",
                          fed_link_to_string(fs.link), "url", m->conf.server, "pending_updates",
                          (int) fs.pending_updates, "version",
                          fs.have_task ? json_integer((json_int_t) fs.version) : json_null(),
-                         "base_version", (json_int_t) fs.base_version, "updates_sent",
-                         (json_int_t) fs.updates_sent, "updates_acked", (json_int_t) fs.updates_acked,
-                         "updates_rejected", (json_int_t) fs.updates_rejected, "last_error",
-                         fs.last_error);
+                         "base_version", (json_int_t) fs.base_version, "lr",
+                         fs.lr > 0 ? json_real(fs.lr) : json_null(), "local_steps",
+                         fs.local_steps > 0 ? json_integer(fs.local_steps) : json_null(),
+                         "updates_sent", (json_int_t) fs.updates_sent, "updates_acked",
+                         (json_int_t) fs.updates_acked, "updates_rejected",
+                         (json_int_t) fs.updates_rejected, "last_error", fs.last_error);
 }
 
 static int cmd_status(json_t *req, json_t **reply, void *userdata) {

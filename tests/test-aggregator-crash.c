@@ -14,7 +14,14 @@
  *     no row is both merged and dropped, and the buffer was merged in arrival order;
  *   - logged = merged + dropped + pending with pending < BufferSize once the server drained;
  *   - the durable counters agree with the rows; the retained blobs hash to their names and hold
- *     their version; PRAGMA integrity_check is "ok".
+ *     their version; PRAGMA integrity_check is "ok";
+ *   - the versions are the update log replayed: every retained version's parameters and server
+ *     optimizer state (FedAdam's moments; Nesterov's momentum, delta sum and count) equal bit
+ *     for bit a recomputation from version 0 and the rows merged into each version.
+ *
+ * It runs once per ServerOptimizer, each on a store of its own: fedavg with kills at random
+ * moments; fedadam and nesterov with every other kill aimed just after a merge became due, so
+ * that some land between writing a version's blobs and committing it.
  *
  * EDGE_CRASH_SEED (default 1) fixes the deltas and the kill moments; EDGE_CRASH_KILLS (default
  * 24) the number of kills. */
@@ -25,6 +32,7 @@
 #include <cmocka.h>
 
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -41,9 +49,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "blobs.h"
 #include "checkpoint.h"
 #include "hash.h"
 #include "macros.h"
+#include "merge.h"
 #include "model.h"
 #include "store.h"
 #include "update-codec.h"
@@ -56,6 +66,8 @@
 #define KILL_MIN_MS 50
 #define KILL_MAX_MS 600
 #define KILL_PHASE_MAX_S 60.0
+#define AIM_WAIT_MAX_MS 2000 /* an aimed kill waits this long at most for a merge to be due */
+#define AIM_DELAY_MAX_MS 40  /* ... then comes within this */
 #define DRAIN_MAX_S 30.0
 #define RESOLVE_MAX_S 60.0 /* one update may be retried this long */
 
@@ -63,7 +75,8 @@ static char agg_bin[1024], store_dir[128], log_path[128], db_path[160], val_path
 static model_layout lay;
 static uint64_t arg_seed = 1;
 static unsigned arg_kills = DEFAULT_KILLS;
-static bool keep_dir;
+static bool keep_dir; /* this run's checks did not all pass: keep the scratch directory */
+static bool keep_any;
 static pid_t srv_pid; /* the running server (main thread only), killed by teardown */
 
 /* ---- small utilities ---- */
@@ -572,6 +585,63 @@ static sent_update *find_sent(device *d, const char *key) {
         return &d->u[seq];
 }
 
+/* Files in blobs/ that no version row names (model or optimizer state): left by a kill between
+ * writing a version's blobs and committing it (the next merge prunes them), or temporary files
+ * of a write that was cut. With seen: also how many of them were not in *seen before (which
+ * then gets them). */
+typedef struct {
+        char (*names)[256];
+        size_t n, cap;
+} name_set;
+
+static unsigned unreferenced_blobs(sqlite3 *db, name_set *seen, unsigned *ret_new) {
+        char dir[256];
+        struct dirent *de;
+        unsigned n = 0, fresh = 0;
+        sqlite3_stmt *st = NULL;
+
+        snprintf(dir, sizeof(dir), "%s/blobs", store_dir);
+        DIR *d = opendir(dir);
+        if (!d || sqlite3_prepare_v2(db, "SELECT count(*) FROM versions WHERE blob=?1 OR "
+                                         "moments=?1",
+                                     -1, &st, NULL) != SQLITE_OK) {
+                if (d)
+                        closedir(d);
+                return 0;
+        }
+        while ((de = readdir(d))) {
+                if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                        continue;
+                sqlite3_reset(st);
+                sqlite3_bind_text(st, 1, de->d_name, -1, SQLITE_TRANSIENT);
+                if (sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int64(st, 0) > 0)
+                        continue;
+                n++;
+                if (!seen)
+                        continue;
+                bool known = false;
+                for (size_t i = 0; i < seen->n && !known; i++)
+                        known = !strcmp(seen->names[i], de->d_name);
+                if (known)
+                        continue;
+                fresh++;
+                if (seen->n == seen->cap) {
+                        size_t cap = seen->cap ? 2 * seen->cap : 64;
+                        void *grown = realloc(seen->names, cap * sizeof(*seen->names));
+                        if (!grown)
+                                continue;
+                        seen->names = grown;
+                        seen->cap = cap;
+                }
+                snprintf(seen->names[seen->n++], sizeof(seen->names[0]), "%s", de->d_name);
+        }
+        sqlite3_finalize(st);
+        closedir(d);
+        if (ret_new)
+                *ret_new = fresh;
+        return n;
+}
+
 typedef struct {
         int64_t id, base, merged_into; /* merged_into -1: NULL */
         bool dropped;
@@ -790,21 +860,8 @@ static void check_database(unsigned *ret_versions, unsigned *ret_rows, unsigned 
                                          (long long) w, blobs[v]);
         }
         model_free(m);
-        /* files in blobs/ that no retained version references (left by a kill between writing
-         * a blob and committing its version; the next merge prunes them): reported only */
-        unsigned orphans = 0;
-        {
-                char cmd[512], out[64];
-                snprintf(cmd, sizeof(cmd), "ls -A '%s/blobs' | wc -l", store_dir);
-                FILE *p = popen(cmd, "r");
-                if (p && fgets(out, sizeof(out), p)) {
-                        long files = strtol(out, NULL, 10);
-                        long live = V + 1 < MAX_STALENESS + 1 ? V + 1 : MAX_STALENESS + 1;
-                        orphans = files > live ? (unsigned) (files - live) : 0;
-                }
-                if (p)
-                        pclose(p);
-        }
+        /* files in blobs/ that no version references: reported only */
+        unsigned orphans = unreferenced_blobs(db, NULL, NULL);
         free(blobs);
         free(rows);
         sqlite3_close(db);
@@ -816,6 +873,165 @@ static void check_database(unsigned *ret_versions, unsigned *ret_rows, unsigned 
         *ret_pending = (unsigned) n_pending;
         *ret_unevaluated = (unsigned) unevaluated;
         *ret_orphans = orphans;
+}
+
+/* ---- the versions replayed from the update log ---- */
+
+/* Every version again from version 0 (init --seed 3) and the rows merged into it, in id order
+ * as the merger took them: each row's delta rebuilt from (seed, device, seq) and decoded as
+ * the server decoded it, weighted by the row's tokens and staleness, averaged and applied with
+ * the store's server optimizer. The arithmetic is the library's own (merge.h; test-aggregator
+ * checks it against hand computations): here the point is that the published chain is that
+ * arithmetic applied once to each merged update, in order, with the optimizer state carried
+ * from each version to the next across every kill. The retained versions' parameters and
+ * state blobs must equal the replay bit for bit. Returns how many versions were compared. */
+static unsigned check_replay(void) {
+        _cleanup_free_ agg_settings *set = malloc(sizeof(*set));
+        size_t n = lay.n_params;
+        _cleanup_free_ float *x = NULL, *m = NULL, *a = NULL, *agg = NULL, *pub = NULL;
+        float *deltas[BUFFER_K] = {};
+        uint64_t tokens[BUFFER_K], staleness[BUFFER_K];
+        double w[BUFFER_K];
+        uint32_t count = 0;
+        unsigned compared = 0;
+        agg_store *s;
+        model *mod;
+        sqlite3 *db;
+        sqlite3_stmt *st = NULL;
+        int rc;
+
+        /* the settings as the server read them */
+        assert_non_null(set);
+        assert_int_equal(agg_store_open(store_dir, &s), 0);
+        assert_int_equal(agg_store_load_settings(s, set), 0);
+        agg_store_free(s);
+        agg_nesterov_params np = { .lr = agg_settings_server_lr(set),
+                                   .mu = set->server_momentum,
+                                   .period = (uint32_t) set->server_momentum_period };
+
+        assert_int_equal(model_new(&lay.cfg, 1, 1, &mod), 0);
+        model_init_params(mod, 3);
+        x = malloc(n * sizeof(float));
+        pub = malloc(n * sizeof(float));
+        m = calloc(n, sizeof(float));
+        a = calloc(n, sizeof(float));
+        agg = malloc(n * sizeof(float));
+        assert_true(x && pub && m && a && agg);
+        memcpy(x, mod->params, n * sizeof(float));
+        for (int i = 0; i < BUFFER_K; i++) {
+                deltas[i] = malloc(n * sizeof(float));
+                assert_non_null(deltas[i]);
+        }
+
+        db = db_open_ro();
+        assert_non_null(db);
+        int64_t V = db_scalar(db, "SELECT max(version) FROM versions");
+        assert_true(V >= 0);
+        assert_int_equal(sqlite3_prepare_v2(db,
+                                            "SELECT device, idem_key, base_version, tokens, scale "
+                                            "FROM updates WHERE merged_into=? ORDER BY id",
+                                            -1, &st, NULL),
+                         SQLITE_OK);
+        for (int64_t v = 0; v <= V; v++) {
+                if (v > 0) {
+                        size_t k = 0;
+                        sqlite3_reset(st);
+                        sqlite3_bind_int64(st, 1, v);
+                        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                                const char *dev = (const char *) sqlite3_column_text(st, 0);
+                                const char *key = (const char *) sqlite3_column_text(st, 1);
+                                device *d = device_by_id(dev);
+                                sent_update *su = d ? find_sent(d, key) : NULL;
+                                _cleanup_free_ void *body = NULL;
+                                size_t size;
+                                upd_info info;
+                                char err[256];
+                                if (!su || k == BUFFER_K)
+                                        fail_msg("version %lld: row %s/%s cannot be replayed",
+                                                 (long long) v, dev, key);
+                                assert_int_equal(make_body(d, su->seq, su->base, &body, &size), 0);
+                                if (upd_decode(body, size, &lay, agg_max_raw_bytes(&lay),
+                                               deltas[k], &info, err, sizeof(err)) < 0)
+                                        fail_msg("%s: %s", key, err);
+                                double scale = sqlite3_column_double(st, 4);
+                                if (scale != 1.0)
+                                        for (size_t j = 0; j < n; j++)
+                                                deltas[k][j] *= (float) scale;
+                                tokens[k] = (uint64_t) sqlite3_column_int64(st, 3);
+                                staleness[k] = (uint64_t) (v - 1) - su->base;
+                                k++;
+                        }
+                        assert_int_equal(rc, SQLITE_DONE);
+                        assert_int_equal(k, BUFFER_K);
+                        assert_int_equal(agg_weights(tokens, staleness, k, w), 0);
+                        assert_int_equal(agg_aggregate((const float *const *) deltas, w, k, n,
+                                                       set->trim_fraction, agg),
+                                         0);
+                        float lr = agg_settings_server_lr(set);
+                        if (set->optimizer == AGG_OPT_NESTEROV)
+                                agg_nesterov(x, m, a, &count, agg, n, &np);
+                        else if (set->optimizer == AGG_OPT_FEDADAM)
+                                agg_fedadam(x, m, a, agg, n, lr, set->server_adam_eps);
+                        else
+                                agg_fedavg(x, agg, n, lr);
+                }
+                if (v < V - MAX_STALENESS)
+                        continue;
+                /* a retained version: its parameters and optimizer state */
+                agg_version ver = {};
+                sqlite3_stmt *q = NULL;
+                assert_int_equal(sqlite3_prepare_v2(db, "SELECT blob, moments FROM versions "
+                                                        "WHERE version=?",
+                                                    -1, &q, NULL),
+                                 SQLITE_OK);
+                sqlite3_bind_int64(q, 1, v);
+                assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+                snprintf(ver.blob, sizeof(ver.blob), "%s",
+                         (const char *) sqlite3_column_text(q, 0));
+                if (sqlite3_column_type(q, 1) != SQLITE_NULL)
+                        snprintf(ver.moments, sizeof(ver.moments), "%s",
+                                 (const char *) sqlite3_column_text(q, 1));
+                sqlite3_finalize(q);
+                assert_int_equal(agg_blob_load_model(store_dir, ver.blob, mod), 0);
+                if (memcmp(mod->params, x, n * sizeof(float)) != 0) {
+                        size_t j = 0;
+                        while (j < n && mod->params[j] == x[j])
+                                j++;
+                        fail_msg("version %lld: parameter %zu is %.9g, the replay gives %.9g",
+                                 (long long) v, j, (double) mod->params[j], (double) x[j]);
+                }
+                if (v > 0 && set->optimizer != AGG_OPT_FEDAVG) {
+                        _cleanup_free_ void *buf = NULL;
+                        size_t size;
+                        bool nesterov = set->optimizer == AGG_OPT_NESTEROV;
+                        if (!ver.moments[0])
+                                fail_msg("version %lld has no optimizer state", (long long) v);
+                        assert_int_equal(agg_blob_load_bytes(store_dir, ver.moments, 8 * n + 8,
+                                                             &buf, &size),
+                                         0);
+                        assert_int_equal(size, 8 * n + (nesterov ? 8 : 0));
+                        if (memcmp(buf, m, n * sizeof(float)) != 0 ||
+                            memcmp((const float *) buf + n, a, n * sizeof(float)) != 0)
+                                fail_msg("version %lld: the saved optimizer state is not the "
+                                         "replay's",
+                                         (long long) v);
+                        if (nesterov) {
+                                uint32_t saved;
+                                memcpy(&saved, (const char *) buf + 8 * n + 4, 4);
+                                if (saved != count || count != (uint64_t) v % np.period)
+                                        fail_msg("version %lld: count %u saved, the replay has "
+                                                 "%u (period %u)",
+                                                 (long long) v, saved, count, np.period);
+                        }
+                }
+                compared++;
+        }
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        for (int i = 0; i < BUFFER_K; i++)
+                free(deltas[i]);
+        model_free(mod);
+        return compared;
 }
 
 /* ---- the test ---- */
@@ -836,15 +1052,45 @@ static void stop_clients(void) {
                 }
 }
 
-static void test_kill9_during_merges_and_uploads(void **state) {
-        char out[4096], token[AGG_ID_HEX];
-        unsigned port, kills = 0, kills_merge_due = 0;
+typedef struct {
+        const char *optimizer; /* ServerOptimizer; also the run's directory */
+        bool aim_at_merges;    /* every other kill comes just after a merge became due */
+} crash_run;
+
+static const char *run_name = "";
+
+/* A fresh store, log and devices for a run, under <scratch>/<name>. */
+static void run_begin(const char *name) {
+        char dir[96];
+
+        run_name = name;
+        snprintf(dir, sizeof(dir), "%s/%s", test_tmpdir, name);
+        assert_int_equal(mkdir(dir, 0755), 0);
+        snprintf(store_dir, sizeof(store_dir), "%s/store", dir);
+        snprintf(log_path, sizeof(log_path), "%s/server.log", dir);
+        snprintf(db_path, sizeof(db_path), "%s/aggregator.db", store_dir);
+        snprintf(val_path, sizeof(val_path), "%s/validation.txt", dir);
+        memset(devices, 0, sizeof(devices));
+        pthread_mutex_lock(&srv_lock);
+        srv_port = 0;
+        srv_instance = 0;
+        srv_instance_started = false;
+        pthread_mutex_unlock(&srv_lock);
+        __atomic_store_n(&clients_stop, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&clients_abort, 0, __ATOMIC_RELEASE);
+}
+
+static void kill9_run(const crash_run *run) {
+        char out[4096], token[AGG_ID_HEX], optimizer[48];
+        unsigned port, kills = 0, kills_merge_due = 0, kills_aimed = 0, kills_unpublished = 0;
         uint64_t rng = arg_seed * 0x2545f4914f6cdd1dULL + 17;
         double max_restart = 0;
+        name_set seen = {};
         pid_t pid;
         int status;
 
         keep_dir = true; /* until every check passed */
+        run_begin(run->optimizer);
 
         /* the store: tiny model, K = 3, int8, a small validation file */
         FILE *f = fopen(val_path, "we");
@@ -860,8 +1106,9 @@ static void test_kill9_during_merges_and_uploads(void **state) {
                 print_log_tail();
                 fail_msg("edge-aggregator init failed");
         }
+        snprintf(optimizer, sizeof(optimizer), "ServerOptimizer=%s", run->optimizer);
         assert_int_equal(run_tool(out, sizeof(out), "set", "RateLimitPerSec=100000",
-                                  "RateLimitBurst=100000", staleness, (char *) NULL),
+                                  "RateLimitBurst=100000", staleness, optimizer, (char *) NULL),
                          0);
         assert_int_equal(run_tool(out, sizeof(out), "token", "create", "--uses", "3", (char *) NULL), 0);
         assert_int_equal(sscanf(out, "%32[0-9a-f]", token), 1);
@@ -882,7 +1129,9 @@ static void test_kill9_during_merges_and_uploads(void **state) {
         /* the killer */
         double t_start = now_s();
         while (kills < arg_kills && now_s() - t_start < KILL_PHASE_MAX_S) {
-                double up_ms = KILL_MIN_MS + (KILL_MAX_MS - KILL_MIN_MS) * uniform(&rng);
+                bool aim = run->aim_at_merges && kills % 2 == 1;
+                double up_ms = aim ? AIM_WAIT_MAX_MS
+                                   : KILL_MIN_MS + (KILL_MAX_MS - KILL_MIN_MS) * uniform(&rng);
                 double t_up = now_s();
                 bool died = false;
                 while ((now_s() - t_up) * 1000 < up_ms) {
@@ -891,7 +1140,13 @@ static void test_kill9_during_merges_and_uploads(void **state) {
                                 died = true;
                                 break;
                         }
-                        sleep_ms(5);
+                        if (aim && pending_now() >= BUFFER_K) {
+                                /* the worker has been kicked: kill in the merge's first moments */
+                                kills_aimed++;
+                                sleep_ms(AIM_DELAY_MAX_MS * uniform(&rng));
+                                break;
+                        }
+                        sleep_ms(aim ? 1 : 5);
                 }
                 if (died) {
                         stop_clients();
@@ -911,6 +1166,16 @@ static void test_kill9_during_merges_and_uploads(void **state) {
                                  status);
                 }
                 kills++;
+                {
+                        /* blobs of a version the kill kept from being committed */
+                        sqlite3 *db = db_open_ro();
+                        unsigned fresh = 0;
+                        if (db) {
+                                unreferenced_blobs(db, &seen, &fresh);
+                                sqlite3_close(db);
+                        }
+                        kills_unpublished += fresh > 0;
+                }
                 double t_restart = now_s();
                 if (server_start(&pid, &port) < 0) {
                         stop_clients();
@@ -962,6 +1227,7 @@ static void test_kill9_during_merges_and_uploads(void **state) {
 
         unsigned versions, rows, merged, dropped, waiting, unevaluated, orphans;
         check_database(&versions, &rows, &merged, &dropped, &waiting, &unevaluated, &orphans);
+        unsigned replayed = check_replay();
 
         /* one more start: every acknowledged key, resent with its body, is a duplicate */
         assert_int_equal(server_start(&pid, &port), 0);
@@ -1037,9 +1303,11 @@ static void test_kill9_during_merges_and_uploads(void **state) {
                 sqlite3_close(db);
         }
 
-        printf("seed %" PRIu64 ": %u kills in %.1f s (%u with a merge due; restart at most "
+        printf("%s, seed %" PRIu64 ": %u kills in %.1f s (%u aimed at a merge, %u with a merge "
+               "due, %u between writing a version's blobs and committing it; restart at most "
                "%.2f s)\n",
-               arg_seed, kills, kill_phase, kills_merge_due, max_restart);
+               run->optimizer, arg_seed, kills, kill_phase, kills_aimed, kills_merge_due,
+               kills_unpublished, max_restart);
         printf("updates sent %u (%u POSTs: %u transport errors, %u 5xx, %u resends of the same "
                "key)\n",
                sent, attempts, transport, s5xx, resends);
@@ -1053,9 +1321,26 @@ static void test_kill9_during_merges_and_uploads(void **state) {
                "s; %u acknowledged keys resent after the last restart: all duplicate; %u "
                "unreferenced blob files\n",
                versions, BUFFER_K, unevaluated, drain, swept, orphans);
+        printf("versions %u..%u replayed from the update log: parameters and %s state equal bit "
+               "for bit\n",
+               versions + 1 - replayed, versions, run->optimizer);
         assert_true(kills >= MIN(arg_kills, 20u));
         assert_int_equal(rows, acked);
+        assert_true(replayed >= MIN(versions + 1, (unsigned) MAX_STALENESS + 1));
+        free(seen.names);
         keep_dir = false;
+}
+
+static void test_kill9_fedavg(void **state) {
+        kill9_run(&(crash_run){ .optimizer = "fedavg" });
+}
+
+static void test_kill9_fedadam(void **state) {
+        kill9_run(&(crash_run){ .optimizer = "fedadam", .aim_at_merges = true });
+}
+
+static void test_kill9_nesterov(void **state) {
+        kill9_run(&(crash_run){ .optimizer = "nesterov", .aim_at_merges = true });
 }
 
 /* $EDGE_AGGREGATOR_BIN, else edge-aggregator next to $EDGED_BIN (tests/run-tests sets it). */
@@ -1084,10 +1369,6 @@ static int setup(void **state) {
                 arg_kills = (unsigned) atoi(s);
         if (test_tmpdir_create("test-aggregator-crash") < 0)
                 return -1;
-        snprintf(store_dir, sizeof(store_dir), "%s/store", test_tmpdir);
-        snprintf(log_path, sizeof(log_path), "%s/server.log", test_tmpdir);
-        snprintf(db_path, sizeof(db_path), "%s/aggregator.db", store_dir);
-        snprintf(val_path, sizeof(val_path), "%s/validation.txt", test_tmpdir);
         model_config_by_name("tiny", &cfg);
         model_layout_init(&lay, &cfg);
         signal(SIGPIPE, SIG_IGN);
@@ -1095,30 +1376,43 @@ static int setup(void **state) {
         return 0;
 }
 
-static int teardown(void **state) {
+/* After each run, also a failed one: the server and the clients stopped, the devices freed. */
+static int run_teardown(void **state) {
         if (srv_pid > 0) { /* a failed check left it running */
                 kill(srv_pid, SIGKILL);
                 waitpid(srv_pid, NULL, 0);
+                srv_pid = 0;
         }
         __atomic_store_n(&clients_abort, 1, __ATOMIC_RELEASE);
         stop_clients();
-        curl_global_cleanup();
         for (int i = 0; i < N_DEVICES; i++) {
                 free(devices[i].delta);
                 free(devices[i].u);
+                devices[i].delta = NULL;
+                devices[i].u = NULL;
         }
         if (keep_dir) {
-                fprintf(stderr, "keeping %s (store, server.log) for inspection; seed %" PRIu64
+                fprintf(stderr, "keeping %s/%s (store, server.log) for inspection; seed %" PRIu64
                                 "\n",
-                        test_tmpdir, arg_seed);
-                return 0;
+                        test_tmpdir, run_name, arg_seed);
+                keep_any = true;
+                keep_dir = false;
         }
+        return 0;
+}
+
+static int teardown(void **state) {
+        curl_global_cleanup();
+        if (keep_any)
+                return 0;
         return test_tmpdir_remove(state);
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_kill9_during_merges_and_uploads),
+                cmocka_unit_test_teardown(test_kill9_fedavg, run_teardown),
+                cmocka_unit_test_teardown(test_kill9_fedadam, run_teardown),
+                cmocka_unit_test_teardown(test_kill9_nesterov, run_teardown),
         };
         find_binary();
         if (access(agg_bin, X_OK) < 0) {

@@ -17,6 +17,7 @@
 #include <libgen.h>
 #include <sqlite3.h>
 
+#include "lr-schedule.h"
 #include "macros.h"
 #include "test-files.h"
 #include "daemon-harness.h"
@@ -26,13 +27,26 @@
 #define LOSS_MARGIN 1.0 /* nats: version TARGET_VERSION vs version 0 on the held-out text */
 #define TIMEOUT_S 150.0
 #define LICENSES "/usr/share/common-licenses"
+/* The fleet's learning-rate schedule the run sets: LR 0.003, no warmup (the first version's
+ * round would learn next to nothing and the loss margin is asked of 8 versions), cosine over
+ * the first 1M merged tokens. Devices must train each round at the rate of its base. */
+#define PEAK_LR 0.003f
+#define HORIZON_TOKENS 1000000
+#define MAX_LR_SAMPLES 256
 #define VALIDATION LICENSES "/GPL-3"
 
 static const char *const fixtures[N_DEVICES] = { "laptop-ac", "desktop", "raspberry-pi" };
 static char agg_bin[1024], store[512];
 static pid_t agg_pid, dev_pid[N_DEVICES];
 static int port;
-static char token[128];
+static char token[128], edgectl_bin[1024];
+
+/* (base version, lr) pairs from a device's status during the run */
+static struct {
+        long long base;
+        double lr, local_steps;
+} lr_samples[MAX_LR_SAMPLES];
+static size_t n_lr_samples;
 
 static int run(const char *const *argv, char *out, size_t out_size) {
         int fds[2], status;
@@ -174,6 +188,77 @@ static void acked_ids(int i, long *ids, size_t *n, size_t max) {
         fclose(f);
 }
 
+/* Keeps device i's base version, learning rate and step budget when its status has a rate
+ * (once per base version). */
+static void sample_lr(int i) {
+        _cleanup_free_ char *ctl = dev_path(i, "control");
+        json_t *s = harness_request(ctl, "{\"cmd\":\"status\"}\n");
+        json_t *a = json_object_get(s, "aggregator"), *lr = json_object_get(a, "lr");
+        long long base = json_integer_value(json_object_get(a, "base_version"));
+
+        if (json_is_number(lr) && n_lr_samples < MAX_LR_SAMPLES &&
+            (n_lr_samples == 0 || lr_samples[n_lr_samples - 1].base != base)) {
+                lr_samples[n_lr_samples].base = base;
+                lr_samples[n_lr_samples].lr = json_number_value(lr);
+                lr_samples[n_lr_samples].local_steps =
+                        json_number_value(json_object_get(a, "local_steps"));
+                n_lr_samples++;
+        }
+        json_decref(s);
+}
+
+/* Every rate a device said it trains at is the schedule's at the tokens merged into its
+ * base version, counted from the update log (and the version row's count agrees). */
+static void check_lr_samples(sqlite3 *db) {
+        const agg_lr_schedule sched = { .kind = AGG_LR_COSINE, .lr = PEAK_LR,
+                                        .warmup_tokens = 0, .horizon_tokens = HORIZON_TOKENS };
+        size_t merged_bases = 0;
+
+        for (size_t i = 0; i < n_lr_samples; i++) {
+                char sql[256];
+                long long base = lr_samples[i].base;
+                snprintf(sql, sizeof(sql), "SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE "
+                                           "merged_into IS NOT NULL AND merged_into <= %lld",
+                         base);
+                long long tokens = query_int(db, sql);
+                snprintf(sql, sizeof(sql), "SELECT merged_tokens FROM versions WHERE version = %lld",
+                         base);
+                assert_int_equal(query_int(db, sql), tokens);
+                /* one buffer ahead: K 3, LocalSteps 10, Batch 4 (the default), T 128 */
+                double want = agg_lr_at(&sched, (uint64_t) tokens + 3 * 10 * 4 * 128);
+                printf("device 0 on version %lld: lr %.7g, %.0f steps a round; the schedule at "
+                       "%lld merged tokens: %.7g\n",
+                       base, lr_samples[i].lr, lr_samples[i].local_steps, tokens, want);
+                if (!(fabs(lr_samples[i].lr - want) <= 1e-6 * want))
+                        fail_msg("device 0 trains version %lld at lr %.9g, the task served %.9g",
+                                 base, lr_samples[i].lr, want);
+                assert_true(lr_samples[i].local_steps == 10);
+                merged_bases += tokens > 0;
+        }
+        /* seen on versions that had merged tokens, where the rate is no longer the peak */
+        assert_true(merged_bases >= 2);
+}
+
+/* edgectl shows the rate: in the Aggregator line and in --json. */
+static void check_edgectl(int i) {
+        _cleanup_free_ char *ctl = dev_path(i, "control");
+        char out[8192];
+        const char *text[] = { edgectl_bin, "--socket", ctl, "status", NULL };
+        const char *json[] = { edgectl_bin, "--socket", ctl, "--json", "status", NULL };
+
+        assert_int_equal(run(text, out, sizeof(out)), 0);
+        const char *line = strstr(out, "Aggregator:");
+        assert_non_null(line);
+        const char *lr = strstr(line, ", lr ");
+        assert_true(lr && lr < line + strcspn(line, "\n"));
+        assert_non_null(strstr(line, " steps a round"));
+        assert_int_equal(run(json, out, sizeof(out)), 0);
+        json_t *j = json_loads(out, 0, NULL);
+        assert_non_null(j);
+        assert_true(json_is_number(json_object_get(json_object_get(j, "aggregator"), "lr")));
+        json_decref(j);
+}
+
 static void test_federated_run(void **state) {
         sqlite3 *db;
         double t0 = harness_now();
@@ -194,11 +279,13 @@ static void test_federated_run(void **state) {
                         dev_pid[1] = start_device(1);
                         killed = true;
                 }
+                sample_lr(0);
                 usleep(500 * 1000);
         }
         printf("version %ld after %.0f s\n", v, harness_now() - t0);
         assert_true(v >= TARGET_VERSION);
         assert_true(killed);
+        check_edgectl(0);
 
         /* the devices stop first (SIGTERM: checkpoint and exit 0), then the server */
         for (int i = 0; i < N_DEVICES; i++) {
@@ -241,6 +328,7 @@ static void test_federated_run(void **state) {
                         fail_msg("acknowledged update #%ld is not in the log exactly once", ids[i]);
         }
         assert_int_equal(query_int(db, "SELECT MAX(version) - MIN(version) + 1 - COUNT(*) FROM versions"), 0);
+        check_lr_samples(db);
         sqlite3_close(db);
 }
 
@@ -261,12 +349,23 @@ static int setup(void **state) {
                 snprintf(agg_bin, sizeof(agg_bin), "%s/edge-aggregator", dirname(buf));
         }
         snprintf(store, sizeof(store), "%s/aggregator", test_tmpdir);
+        if (getenv("EDGECTL_BIN"))
+                snprintf(edgectl_bin, sizeof(edgectl_bin), "%s", getenv("EDGECTL_BIN"));
+        else {
+                snprintf(buf, sizeof(buf), "%s", agg_bin);
+                snprintf(edgectl_bin, sizeof(edgectl_bin), "%s/edgectl", dirname(buf));
+        }
 
         const char *init[] = { agg_bin, "--store", store, "init", "--config", "tiny",
                                "--local-steps", "10", "--lr", "0.003", "--buffer", "3",
                                "--validation", VALIDATION, NULL };
         const char *tok[] = { agg_bin, "--store", store, "token", "create", "--uses", "10", NULL };
-        if (run(init, NULL, 0) != 0 || run(tok, token, sizeof(token)) != 0)
+        char horizon[64];
+        snprintf(horizon, sizeof(horizon), "LRHorizonTokens=%d", HORIZON_TOKENS);
+        const char *sched[] = { agg_bin, "--store", store, "set", "LRSchedule=cosine",
+                                "LRWarmupTokens=0", horizon, NULL };
+        if (run(init, NULL, 0) != 0 || run(sched, NULL, 0) != 0 ||
+            run(tok, token, sizeof(token)) != 0)
                 return -1;
         token[strcspn(token, "\n")] = 0;
 
