@@ -1,33 +1,47 @@
 /* SPDX-License-Identifier: MIT */
-/* Federated learning benchmark (build/bench/fed-learning): does FedBuff with compressed
- * updates learn as well as training in one place, for the same tokens?
+/* Federated learning benchmark (build/bench/fed-learning): does joining a fleet pay? The
+ * fleet's model against what its members could have had without it, all in one run.
  *
  * Data: tinyshakespeare. The last 10 % (from the first speaker turn starting at or after
- * 90 % of the file) is held out for every configuration; validation loss is the mean over a
- * fixed set of consecutive T-byte windows of it. The first 90 % is split by speaker: a turn
- * starts at a line "NAME:" after a blank line (or at the start) and runs to the next turn;
- * each turn goes to device fnv1a64(NAME) % devices, so every device sees its own characters
- * (non-IID).
+ * 90 % of the file) is held out for every run; validation loss is the mean over a fixed set
+ * of consecutive T-byte windows of it. The first 90 % is split by speaker: a turn starts at a
+ * line "NAME:" after a blank line (or at the start) and runs to the next turn; each turn goes
+ * to device fnv1a64(NAME) % devices, so every device sees its own characters (non-IID). The
+ * IID control deals the same turns to devices at random instead.
  *
- * Centralized: one model trained on the union of the shards (the whole training part, random
- * windows, i.e. shuffled) for S = devices x rounds x LocalSteps steps of (B, T).
- * Federated, once per encoding (fp32, int8, top-k with error feedback): an in-process
- * simulation with the real arithmetic and no HTTP (bench/fed-ingest measures the protocol).
- * Devices have fixed simulated speeds (1.0 to 1.5 time units per step, slowest last); a
- * device starts a round from the newest server version at that moment, runs LocalSteps real
- * trainer_step()s on its shard with its own AdamW state (kept across rounds, as edged keeps
- * its optimizer when it rebases), sends delta = local - base through upd_encode (top-k: with
- * its own residual, as daemon/federation.c; int8 and fp32 carry none), and the server
- * upd_decodes it on arrival. With K < devices updates per merge, bases lag: staleness
- * tau = current - base, weights agg_weights (tokens x 1/sqrt(1+tau)), agg_aggregate,
- * agg_fedavg with server LR 1.0, MaxStaleness 8 (older ones dropped and counted). Updates
- * left in the buffer when every device is done are merged as a last, smaller buffer, so
- * every configuration trains the same tokens. The learning rate follows the same schedule
- * (linear warmup, cosine to lr/10) over the same token count: a device's round uses the
- * schedule at the number of device steps started before it, plus its local step.
+ * The fleet: D devices, each running R rounds of H local steps of (B, T) (the defaults: 8 x
+ * 18 x 10), simulated in process with the real arithmetic and no HTTP (bench/fed-ingest
+ * measures the protocol). Devices have fixed speeds (1.0 to 1.5 time units per step, slowest
+ * last); a device starts a round from the newest server version at that moment with the
+ * fleet's learning rate at that moment (the aggregator's schedule at the tokens merged so far
+ * plus one buffer of rounds, held for the round as a device does between rebases; one
+ * schedule over the run's tokens), runs its steps with its own AdamW state
+ * (kept across rounds, as edged keeps it), sends delta = local - base through upd_encode
+ * (top-k: with its own residual), and the server upd_decodes it on arrival. With --dylu the
+ * step budget follows the device's speed (H x fastest/own speed, as RoundSeconds= does), so
+ * rounds end together. FedBuff: K updates per merge, weights agg_weights, agg_aggregate, then
+ * the server optimizer (agg_fedavg, agg_fedadam or agg_nesterov, aggregator/merge.h);
+ * MaxStaleness 8 (older updates dropped and counted). Updates left when every device is done
+ * are merged as a last, smaller buffer. Two controls separate the causes of a gap: IID (the
+ * same fleet on shards dealt at random: non-IID drift) and sync (devices wait for every merge
+ * and K = devices: nothing is stale; what is left is local training and averaging).
  *
- * Targets (issue 7): federated int8 within 5 % of the centralized validation loss; top-k
- * with >= 10x fewer uplink bytes than fp32 and <= 1 % loss difference (to federated fp32). */
+ * The yardsticks, each trained from the same initial model on the same held-out measure:
+ *   large batch     DiLoCo's data-parallel baseline: as many optimizer steps as a fleet device
+ *                   runs (R x H), each on the fleet's combined batch (D x B, accumulated
+ *                   micro-batches) from all the data; learning rate x1, x2, x4, best kept.
+ *   alone (shard)   what a member gets by not joining: one device, R x H steps on its own
+ *                   shard; mean, min and max over the devices.
+ *   alone (all)     one device on all the data for R x H steps: the pooled ideal no member has.
+ *   sequential      D x R x H steps of (B, T) on all the data (equal tokens, one after
+ *                   another: no parallel method can match it; for information).
+ * Every schedule: linear warmup over 5 % of its steps, cosine to lr/10 at the end.
+ *
+ * Targets (issue 18, int8 updates): fleet <= 0.98 x large batch; fleet below every device
+ * alone on its shard; <= 1.10 x sequential (aim); top-k within 1 % of int8. --curve repeats
+ * the fleet and the devices alone at 1x, 4x and 16x the rounds: the fleet should be >= 10 %
+ * below the devices' mean at 16x. --trace FILE writes per-merge diagnostics (held-out loss
+ * before and after, delta norms and pairwise cosines, staleness, local losses, lr). */
 
 #include <errno.h>
 #include <getopt.h>
@@ -59,35 +73,44 @@
 #define MAX_CORPUS (64u << 20)
 #define HELD_OUT_FRACTION 0.10
 #define MAX_VAL_BATCHES 128
-#define SEED 1
+#define TRACE_VAL_BATCHES 16 /* per-merge held-out loss: a fixed subset, cheaper */
 #define DATA_SALT 0x5eed5eedULL
 
 static const char *const default_corpus = "../shared/data/tinyshakespeare.txt";
 
 static volatile sig_atomic_t interrupted;
 
+typedef enum { SRV_FEDAVG, SRV_FEDADAM, SRV_NESTEROV } server_opt;
+static const char *const server_opt_names[] = { "fedavg", "fedadam", "nesterov" };
+
 typedef struct {
-        const char *config, *corpus;
-        int devices, buffer, local_steps, rounds, B, T, threads, warmup;
-        float lr, weight_decay, topk, server_lr;
-        bool quick, fedadam;
-        unsigned only; /* bit per run (0: all) */
+        server_opt opt;
+        float lr;     /* 0: the optimizer's default */
+        float mu;     /* nesterov */
+        int period;   /* nesterov: merges per momentum step; 0: devices / K */
+        float eps;    /* fedadam */
+} server_cfg;
+
+typedef struct {
+        const char *config, *corpus, *trace_path;
+        int devices, buffer, local_steps, rounds, B, T, threads;
+        uint64_t seed; /* the initial model and every data order */
+        float lr, weight_decay, topk;
+        server_cfg server;
+        bool quick, curve, dylu;
+        unsigned only; /* bit per run (0: the default set) */
 } bench_opts;
 
-typedef enum { RUN_CENTRAL = -1 } run_kind; /* else an upd_encoding */
+/* Device i's data order: the same in the fleet and alone. */
+static uint64_t device_cursor(const bench_opts *o, int i) {
+        return (o->seed + 1000 * (uint64_t) (i + 1)) ^ DATA_SALT;
+}
 
-typedef struct {
-        const char *name;
-        int kind;
-        bool ran;
-        double val_loss, seconds;
-        double uplink_per_device; /* mean over devices of the sum of body sizes */
-        double uplink_min, uplink_max;
-        long updates, merges, dropped;
-        double mean_staleness;
-        int max_staleness;
-        double train_loss; /* mean of the last rounds / steps */
-} run_result;
+static void on_signal(int sig) {
+        interrupted = 1;
+}
+
+/* ---- data ---- */
 
 typedef struct {
         uint8_t *bytes;
@@ -96,26 +119,6 @@ typedef struct {
         batch_source src;
         size_t turns;
 } shard;
-
-typedef struct {
-        adamw_state opt;
-        ckpt_state cs;
-        float *residual; /* top-k only */
-        double speed, finish_at;
-        int rounds_done;
-        bool busy;
-        /* the update in flight */
-        void *body;
-        size_t size;
-        uint64_t base;
-        double uplink;
-        double loss_sum;
-        long loss_n;
-} device;
-
-static void on_signal(int sig) {
-        interrupted = 1;
-}
 
 static uint64_t fnv1a64(const uint8_t *s, size_t n) {
         uint64_t h = 0xcbf29ce484222325ULL;
@@ -165,9 +168,10 @@ static int read_file(const char *path, uint8_t **ret, size_t *ret_size) {
         return 0;
 }
 
-/* Splits text into held-out (from the first turn at or after 90 %) and device shards. */
-static int split_corpus(const uint8_t *t, size_t size, int devices, int T, shard *shards,
-                        size_t *ret_train_size, size_t *ret_turns) {
+/* Splits text into held-out (from the first turn at or after 90 %) and device shards: by
+ * speaker, or (iid) turn by turn at random. */
+static int split_corpus(const uint8_t *t, size_t size, int devices, int T, bool iid,
+                        shard *shards, size_t *ret_train_size, size_t *ret_turns) {
         size_t cut = (size_t) ((1.0 - HELD_OUT_FRACTION) * (double) size), turns = 0;
         size_t cap[MAX_DEVICES] = {};
 
@@ -181,7 +185,12 @@ static int split_corpus(const uint8_t *t, size_t size, int devices, int T, shard
                 /* the turn runs to the next turn start (or the cut) */
                 while (e < cut && turn_name(t, size, e) == 0)
                         e++;
-                int d = name ? (int) (fnv1a64(t + p, name) % (uint64_t) devices) : 0;
+                /* IID control: the same turns dealt at random, whoever speaks */
+                uint64_t turn = turns;
+                int d = iid    ? (int) (fnv1a64((const uint8_t *) &turn, sizeof(turn)) %
+                                        (uint64_t) devices)
+                        : name ? (int) (fnv1a64(t + p, name) % (uint64_t) devices)
+                               : 0;
                 shard *s = &shards[d];
                 if (s->size + (e - p) > cap[d]) {
                         size_t nc = MAX(cap[d] * 2, s->size + (e - p));
@@ -219,30 +228,38 @@ typedef struct {
         const model_layout *lay;
         corpus central, held;
         batch_source central_src, val_src;
-        shard *shards;
-        lr_schedule sched;
-        long total_steps;
+        shard *shards, *shards_iid;
         int val_batches;
         uint8_t *tok, *tgt;
-        float *init;           /* version 0 */
-        float *adam_m, *adam_v; /* FedAdam's moments, fresh per run */
+        float *init; /* version 0 */
+        FILE *trace;
 } bench_ctx;
 
-static int val_loss(bench_ctx *b, double *ret) {
+static int val_loss_n(bench_ctx *b, int n, double *ret) {
         float l;
-        int r = trainer_val_loss(b->m, &b->val_src, b->o->B, b->o->T, 0, b->val_batches, b->tok,
-                                 b->tgt, &l);
+        int r = trainer_val_loss(b->m, &b->val_src, b->o->B, b->o->T, 0, n, b->tok, b->tgt, &l);
         *ret = l;
         return r;
 }
 
-static int run_central(bench_ctx *b, run_result *res) {
+static int val_loss(bench_ctx *b, double *ret) {
+        return val_loss_n(b, b->val_batches, ret);
+}
+
+static lr_schedule schedule_over(float lr, long steps) {
+        return (lr_schedule) { .lr_max = lr, .lr_min = lr / 10,
+                               .warmup_steps = MAX(steps / 20, 1), .total_steps = steps };
+}
+
+/* One model trained alone from version 0: steps of accum x (B, T) from src at peak lr, on
+ * its own schedule; its held-out loss. */
+static int train_alone(bench_ctx *b, const batch_source *src, uint64_t cursor, long steps,
+                       int accum, float lr, double *ret_val) {
         const bench_opts *o = b->o;
+        lr_schedule sched = schedule_over(lr, steps);
         adamw_hparams hp;
         adamw_state opt = {};
-        ckpt_state cs = { .data_cursor = SEED ^ DATA_SALT };
-        double loss_sum = 0, t0 = mono_now_s();
-        long loss_n = 0;
+        ckpt_state cs = { .data_cursor = cursor };
         int r;
 
         adamw_hparams_default(&hp);
@@ -250,48 +267,105 @@ static int run_central(bench_ctx *b, run_result *res) {
         if ((r = adamw_new(b->lay->n_params, &hp, &opt)) < 0)
                 return r;
         memcpy(b->m->params, b->init, b->lay->n_params * sizeof(float));
-        for (long s = 0; s < b->total_steps && !interrupted; s++) {
+        for (long s = 0; s < steps && !interrupted; s++) {
                 float l;
-                r = trainer_step(b->m, &opt, &b->central_src, o->B, o->T, 1, lr_at(&b->sched, s),
-                                 b->tok, b->tgt, &cs, &l, NULL, NULL);
+                r = trainer_step(b->m, &opt, src, o->B, o->T, accum, lr_at(&sched, s), b->tok,
+                                 b->tgt, &cs, &l, NULL, NULL);
                 if (r < 0)
                         goto out;
-                if (s >= b->total_steps - b->total_steps / 10) {
-                        loss_sum += l;
-                        loss_n++;
-                }
         }
-        if (interrupted) {
-                r = -EINTR;
-                goto out;
-        }
-        res->train_loss = loss_n ? loss_sum / (double) loss_n : NAN;
-        if ((r = val_loss(b, &res->val_loss)) < 0)
-                goto out;
-        res->seconds = mono_now_s() - t0;
-        res->ran = true;
+        r = interrupted ? -EINTR : val_loss(b, ret_val);
 out:
         adamw_free(&opt);
         return r;
 }
 
-/* The server's side: K decoded deltas waiting, with their bases and tokens. */
+/* ---- the fleet ---- */
+
+typedef struct {
+        upd_encoding enc;
+        server_cfg server;
+        bool iid;
+        bool sync; /* devices wait for each merge; K = devices, so no update is stale */
+        int k;     /* updates per merge */
+        int rounds;
+        const char *name;
+} fleet_spec;
+
+typedef struct {
+        double val_loss, seconds;
+        double uplink_per_device; /* mean over devices of the sum of body sizes */
+        long updates, merges, dropped, tokens;
+        long stale_hist[MAX_STALENESS + 2];
+        /* where the progress goes: means over merges */
+        double delta_norm, pair_cos, merged_ratio, loss_start, loss_end, val_gain;
+        long n_diag, n_pairs, n_val;
+} fleet_result;
+
+typedef struct {
+        adamw_state opt;
+        ckpt_state cs;
+        float *residual; /* top-k only */
+        double speed, finish_at;
+        int steps, rounds_done;
+        bool busy;
+        void *body; /* the update in flight */
+        size_t size;
+        uint64_t base;
+        float lr, loss_start, loss_end;
+        double uplink;
+} device;
+
 typedef struct {
         float *delta[MAX_K];
         uint64_t base[MAX_K], tokens[MAX_K];
+        int dev[MAX_K];
+        float lr[MAX_K], loss_start[MAX_K], loss_end[MAX_K];
         size_t n;
 } fedbuff;
 
-static int server_merge(bench_ctx *b, fedbuff *fb, float *server, uint64_t *version, float *agg,
-                        run_result *res) {
+typedef struct {
+        server_cfg cfg;
+        float *x;
+        float *m, *v; /* fedadam: moments; nesterov: momentum and accumulated deltas */
+        uint32_t count;
+        int k;
+        uint64_t version;
+        long tokens_merged;
+        double last_val; /* trace */
+} server_state;
+
+/* The aggregator's defaults (aggregator/settings.c) */
+#define FEDAVG_LR 0.7f
+#define FEDADAM_LR 0.01f
+#define NESTEROV_LR 0.5f
+#define NESTEROV_MOMENTUM 0.7f
+
+static float server_lr_of(const server_cfg *c) {
+        if (c->lr > 0)
+                return c->lr;
+        return c->opt == SRV_FEDADAM ? FEDADAM_LR : c->opt == SRV_NESTEROV ? NESTEROV_LR : FEDAVG_LR;
+}
+
+static double dot(const float *a, const float *c, size_t n) {
+        double s = 0;
+        for (size_t j = 0; j < n; j++)
+                s += (double) a[j] * (double) c[j];
+        return s;
+}
+
+static int server_merge(bench_ctx *b, const fleet_spec *spec, fedbuff *fb, server_state *sv,
+                        float *agg, fleet_result *res) {
+        const size_t n = b->lay->n_params;
         uint64_t tau[MAX_K], tokens[MAX_K];
         const float *d[MAX_K];
-        double w[MAX_K];
-        size_t k = 0;
+        double w[MAX_K], norms[MAX_K];
+        size_t k = 0, idx[MAX_K];
         int r;
 
         for (size_t i = 0; i < fb->n; i++) {
-                uint64_t s = *version - fb->base[i];
+                uint64_t s = sv->version - fb->base[i];
+                res->stale_hist[MIN(s, (uint64_t) MAX_STALENESS + 1)]++;
                 if (s > MAX_STALENESS) {
                         res->dropped++;
                         continue;
@@ -299,88 +373,144 @@ static int server_merge(bench_ctx *b, fedbuff *fb, float *server, uint64_t *vers
                 tau[k] = s;
                 tokens[k] = fb->tokens[i];
                 d[k] = fb->delta[i];
-                res->mean_staleness += (double) s;
-                res->max_staleness = MAX(res->max_staleness, (int) s);
+                idx[k] = i;
                 res->updates++;
                 k++;
         }
-        fb->n = 0;
-        if (k == 0)
+        if (k == 0) {
+                fb->n = 0;
                 return 0;
+        }
         if ((r = agg_weights(tokens, tau, k, w)) < 0 ||
-            (r = agg_aggregate(d, w, k, b->lay->n_params, 0.0, agg)) < 0)
+            (r = agg_aggregate(d, w, k, n, 0.0, agg)) < 0)
                 return r;
-        if (b->o->fedadam)
-                agg_fedadam(server, b->adam_m, b->adam_v, agg, b->lay->n_params, b->o->server_lr);
-        else
-                agg_fedavg(server, agg, b->lay->n_params, b->o->server_lr);
-        (*version)++;
+        /* where the progress goes */
+        double mean_norm = 0, cos_sum = 0, ls = 0, le = 0;
+        long pairs = 0;
+        for (size_t i = 0; i < k; i++) {
+                norms[i] = sqrt(dot(d[i], d[i], n));
+                mean_norm += norms[i] / (double) k;
+                ls += fb->loss_start[idx[i]] / (double) k;
+                le += fb->loss_end[idx[i]] / (double) k;
+        }
+        for (size_t i = 0; i < k; i++)
+                for (size_t j = i + 1; j < k; j++, pairs++)
+                        cos_sum += dot(d[i], d[j], n) / (norms[i] * norms[j] + 1e-30);
+        double merged = sqrt(dot(agg, agg, n));
+        res->delta_norm += mean_norm;
+        res->merged_ratio += mean_norm > 0 ? merged / mean_norm : 0;
+        res->loss_start += ls;
+        res->loss_end += le;
+        res->n_diag++;
+        res->pair_cos += cos_sum;
+        res->n_pairs += pairs;
+
+        const float lr = server_lr_of(&sv->cfg);
+        switch (sv->cfg.opt) {
+        case SRV_FEDAVG:
+                agg_fedavg(sv->x, agg, n, lr);
+                break;
+        case SRV_FEDADAM:
+                agg_fedadam(sv->x, sv->m, sv->v, agg, n, lr,
+                            sv->cfg.eps > 0 ? sv->cfg.eps : AGG_ADAM_EPS_DEFAULT);
+                break;
+        case SRV_NESTEROV: {
+                int period = sv->cfg.period > 0 ? sv->cfg.period : MAX(1, b->o->devices / sv->k);
+                agg_nesterov_params p = { .lr = lr, .mu = sv->cfg.mu, .period = (uint32_t) period };
+                agg_nesterov(sv->x, sv->m, sv->v, &sv->count, agg, n, &p);
+                break;
+        }
+        }
+        sv->version++;
         res->merges++;
+        for (size_t i = 0; i < k; i++)
+                sv->tokens_merged += (long) tokens[i];
+
+        if (b->trace) {
+                double after;
+                memcpy(b->m->params, sv->x, n * sizeof(float));
+                if ((r = val_loss_n(b, MIN(TRACE_VAL_BATCHES, b->val_batches), &after)) < 0)
+                        return r;
+                res->val_gain += sv->last_val - after;
+                res->n_val++;
+                fprintf(b->trace, "%s\t%" PRIu64 "\t%zu\t", spec->name, sv->version, k);
+                for (size_t i = 0; i < k; i++)
+                        fprintf(b->trace, "%s%" PRIu64, i ? "," : "", tau[i]);
+                fprintf(b->trace, "\t%.4f\t%.4f\t%.5f\t%.4f\t%.5f\t%.4f\t%.4f\t%.5f\n",
+                        sv->last_val, after, mean_norm, pairs ? cos_sum / (double) pairs : 0,
+                        merged, ls, le, (double) fb->lr[idx[0]]);
+                sv->last_val = after;
+        }
+        fb->n = 0;
         return 0;
 }
 
-/* One device round, run when it starts (simulated time): LocalSteps from the server's
- * current parameters, then the encoded delta is what it will send when it finishes. */
-static int device_round(bench_ctx *b, device *dv, int idx, upd_encoding enc, const float *server,
-                        uint64_t version, long steps_started, float *delta) {
+/* One device round, run when it starts (simulated time): its steps from the server's
+ * current parameters at the fleet's learning rate of that moment; the encoded delta is what
+ * it sends when it finishes. */
+static int device_round(bench_ctx *b, const fleet_spec *spec, const shard *shards, device *dv,
+                        int idx, const server_state *sv, const lr_schedule *fleet_sched,
+                        float *delta) {
         const bench_opts *o = b->o;
         const size_t n = b->lay->n_params;
+        const long tokens_per_step = (long) o->B * o->T;
         upd_info info;
         int r;
 
-        memcpy(b->m->params, server, n * sizeof(float));
-        for (int s = 0; s < o->local_steps; s++) {
+        /* as the aggregator serves it: at the tokens merged so far plus one buffer of rounds,
+         * where this round's update is expected to be merged */
+        dv->lr = lr_at(fleet_sched,
+                       sv->tokens_merged / tokens_per_step + (long) sv->k * o->local_steps);
+        memcpy(b->m->params, sv->x, n * sizeof(float));
+        for (int s = 0; s < dv->steps; s++) {
                 float l;
-                r = trainer_step(b->m, &dv->opt, &b->shards[idx].src, o->B, o->T, 1,
-                                 lr_at(&b->sched, steps_started + s), b->tok, b->tgt, &dv->cs, &l,
-                                 NULL, NULL);
+                r = trainer_step(b->m, &dv->opt, &shards[idx].src, o->B, o->T, 1, dv->lr, b->tok,
+                                 b->tgt, &dv->cs, &l, NULL, NULL);
                 if (r < 0)
                         return r;
-                dv->loss_sum += l;
-                dv->loss_n++;
+                if (s == 0)
+                        dv->loss_start = l;
+                dv->loss_end = l;
         }
         for (size_t i = 0; i < n; i++)
-                delta[i] = b->m->params[i] - server[i];
+                delta[i] = b->m->params[i] - sv->x[i];
         free(dv->body);
         dv->body = NULL;
-        r = upd_encode(enc, version, b->lay, delta, o->topk, enc == UPD_TOPK ? dv->residual : NULL,
-                       &dv->body, &dv->size, &info);
+        r = upd_encode(spec->enc, sv->version, b->lay, delta, o->topk,
+                       spec->enc == UPD_TOPK ? dv->residual : NULL, &dv->body, &dv->size, &info);
         if (r < 0)
                 return r;
-        dv->base = version;
+        dv->base = sv->version;
         dv->uplink += (double) dv->size;
         return 0;
 }
 
-static int run_federated(bench_ctx *b, upd_encoding enc, run_result *res) {
+static int run_fleet(bench_ctx *b, const fleet_spec *spec, fleet_result *res) {
         const bench_opts *o = b->o;
         const size_t n = b->lay->n_params;
+        const shard *shards = spec->iid ? b->shards_iid : b->shards;
         device dev[MAX_DEVICES] = {};
         fedbuff fb = {};
+        server_state sv = { .cfg = spec->server, .k = spec->k };
         adamw_hparams hp;
-        uint64_t version = 0;
-        long steps_started = 0;
+        lr_schedule fleet_sched;
+        long total_steps = 0;
         double t0 = mono_now_s(), now = 0;
-        float *server = malloc(n * sizeof(float)), *delta = malloc(n * sizeof(float)),
-              *agg = malloc(n * sizeof(float));
+        float *delta = malloc(n * sizeof(float)), *agg = malloc(n * sizeof(float));
         int r = 0;
 
-        if (!server || !delta || !agg) {
+        *res = (fleet_result) {};
+        sv.x = malloc(n * sizeof(float));
+        sv.m = calloc(n, sizeof(float));
+        sv.v = calloc(n, sizeof(float));
+        if (!delta || !agg || !sv.x || !sv.m || !sv.v) {
                 r = -ENOMEM;
                 goto out;
         }
-        memcpy(server, b->init, n * sizeof(float));
-        free(b->adam_m);
-        free(b->adam_v);
-        b->adam_m = calloc(n, sizeof(float));
-        b->adam_v = calloc(n, sizeof(float));
-        if (!b->adam_m || !b->adam_v) {
-                r = -ENOMEM;
-                goto out;
-        }
+        memcpy(sv.x, b->init, n * sizeof(float));
         adamw_hparams_default(&hp);
         hp.weight_decay = o->weight_decay;
-        for (int i = 0; i < o->buffer; i++)
+        for (int i = 0; i < spec->k; i++)
                 if (!(fb.delta[i] = malloc(n * sizeof(float)))) {
                         r = -ENOMEM;
                         goto out;
@@ -389,24 +519,34 @@ static int run_federated(bench_ctx *b, upd_encoding enc, run_result *res) {
                 device *dv = &dev[i];
                 if ((r = adamw_new(n, &hp, &dv->opt)) < 0)
                         goto out;
-                if (enc == UPD_TOPK && !(dv->residual = calloc(n, sizeof(float)))) {
+                if (spec->enc == UPD_TOPK && !(dv->residual = calloc(n, sizeof(float)))) {
                         r = -ENOMEM;
                         goto out;
                 }
-                dv->cs.data_cursor = (SEED + 1000 * (uint64_t) (i + 1)) ^ DATA_SALT;
+                dv->cs.data_cursor = device_cursor(o, i);
                 /* fixed speeds, slowest last: 1.0 .. 1.5 time units per step */
                 dv->speed = 1.0 + 0.5 * (double) i / (double) MAX(o->devices - 1, 1);
+                /* --dylu: the budget follows the speed, so every round takes as long */
+                dv->steps = o->dylu ? MAX(1, (int) lround(o->local_steps / dv->speed))
+                                    : o->local_steps;
+                total_steps += (long) spec->rounds * dv->steps;
+        }
+        /* the aggregator's schedule: over the tokens the whole run will merge */
+        fleet_sched = schedule_over(o->lr, total_steps);
+        if (b->trace) {
+                memcpy(b->m->params, sv.x, n * sizeof(float));
+                if ((r = val_loss_n(b, MIN(TRACE_VAL_BATCHES, b->val_batches), &sv.last_val)) < 0)
+                        goto out;
         }
         /* everyone starts from version 0 at time 0 */
         for (int i = 0; i < o->devices && !interrupted; i++) {
-                if ((r = device_round(b, &dev[i], i, enc, server, version, steps_started, delta)) < 0)
+                if ((r = device_round(b, spec, shards, &dev[i], i, &sv, &fleet_sched, delta)) < 0)
                         goto out;
-                steps_started += o->local_steps;
                 dev[i].busy = true;
-                dev[i].finish_at = now + o->local_steps * dev[i].speed;
+                dev[i].finish_at = now + dev[i].steps * dev[i].speed;
         }
         /* bounded: every iteration ends one device round */
-        for (long ev = 0; ev < (long) o->devices * o->rounds && !interrupted; ev++) {
+        for (long ev = 0; ev < (long) o->devices * spec->rounds && !interrupted; ev++) {
                 int next = -1;
                 char err[256];
                 for (int i = 0; i < o->devices; i++)
@@ -426,49 +566,49 @@ static int run_federated(bench_ctx *b, upd_encoding enc, run_result *res) {
                         goto out;
                 }
                 fb.base[fb.n] = dv->base;
-                fb.tokens[fb.n] = (uint64_t) o->local_steps * (uint64_t) o->B * (uint64_t) o->T;
+                fb.tokens[fb.n] = (uint64_t) dv->steps * (uint64_t) o->B * (uint64_t) o->T;
+                fb.dev[fb.n] = next;
+                fb.lr[fb.n] = dv->lr;
+                fb.loss_start[fb.n] = dv->loss_start;
+                fb.loss_end[fb.n] = dv->loss_end;
                 fb.n++;
-                if (fb.n == (size_t) o->buffer &&
-                    (r = server_merge(b, &fb, server, &version, agg, res)) < 0)
+                if (fb.n == (size_t) spec->k && (r = server_merge(b, spec, &fb, &sv, agg, res)) < 0)
                         goto out;
-                if (dv->rounds_done < o->rounds) {
-                        r = device_round(b, dv, next, enc, server, version, steps_started, delta);
+                if (spec->sync) { /* everyone waits for the merge, then starts together */
+                        if (fb.n != 0)
+                                continue;
+                        for (int i = 0; i < o->devices; i++)
+                                if (!dev[i].busy && dev[i].rounds_done < spec->rounds) {
+                                        r = device_round(b, spec, shards, &dev[i], i, &sv, &fleet_sched, delta);
+                                        if (r < 0)
+                                                goto out;
+                                        dev[i].busy = true;
+                                        dev[i].finish_at = now + dev[i].steps * dev[i].speed;
+                                }
+                        continue;
+                }
+                if (dv->rounds_done < spec->rounds) {
+                        r = device_round(b, spec, shards, dv, next, &sv, &fleet_sched, delta);
                         if (r < 0)
                                 goto out;
-                        steps_started += o->local_steps;
                         dv->busy = true;
-                        dv->finish_at = now + o->local_steps * dv->speed;
+                        dv->finish_at = now + dv->steps * dv->speed;
                 }
         }
         if (interrupted) {
                 r = -EINTR;
                 goto out;
         }
-        /* the last, partial buffer: the same tokens as the centralized run */
-        if (fb.n > 0 && (r = server_merge(b, &fb, server, &version, agg, res)) < 0)
+        /* the last, partial buffer */
+        if (fb.n > 0 && (r = server_merge(b, spec, &fb, &sv, agg, res)) < 0)
                 goto out;
-        memcpy(b->m->params, server, n * sizeof(float));
+        memcpy(b->m->params, sv.x, n * sizeof(float));
         if ((r = val_loss(b, &res->val_loss)) < 0)
                 goto out;
-        {
-                double ls = 0, up = 0;
-                long ln = 0;
-                res->uplink_min = INFINITY;
-                res->uplink_max = 0;
-                for (int i = 0; i < o->devices; i++) {
-                        up += dev[i].uplink;
-                        res->uplink_min = MIN(res->uplink_min, dev[i].uplink);
-                        res->uplink_max = MAX(res->uplink_max, dev[i].uplink);
-                        ls += dev[i].loss_sum;
-                        ln += dev[i].loss_n;
-                }
-                res->uplink_per_device = up / o->devices;
-                res->train_loss = ln ? ls / (double) ln : NAN;
-        }
-        if (res->updates > 0)
-                res->mean_staleness /= (double) res->updates;
+        for (int i = 0; i < o->devices; i++)
+                res->uplink_per_device += dev[i].uplink / o->devices;
+        res->tokens = sv.tokens_merged;
         res->seconds = mono_now_s() - t0;
-        res->ran = true;
 out:
         for (int i = 0; i < o->devices; i++) {
                 adamw_free(&dev[i].opt);
@@ -477,7 +617,9 @@ out:
         }
         for (int i = 0; i < MAX_K; i++)
                 free(fb.delta[i]);
-        free(server);
+        free(sv.x);
+        free(sv.m);
+        free(sv.v);
         free(delta);
         free(agg);
         return r;
@@ -485,31 +627,70 @@ out:
 
 /* ---- options ---- */
 
+enum {
+        RUN_LARGE,
+        RUN_ALONE,
+        RUN_ALONE_ALL,
+        RUN_SEQ,
+        RUN_FEDAVG,
+        RUN_FEDADAM,
+        RUN_NESTEROV,
+        RUN_FP32,
+        RUN_TOPK,
+        RUN_IID,
+        RUN_SYNC,
+        N_RUNS
+};
+static const char *const run_names[N_RUNS] = { "large",  "alone",    "alone-all", "seq",
+                                                "fedavg", "fedadam",  "nesterov",  "fp32",
+                                                "topk",   "iid",      "sync" };
+
 static void usage(FILE *f) {
         fputs("Usage: fed-learning [OPTIONS]\n"
-              "Validation loss after the same tokens: centralized vs FedBuff with fp32, int8 and\n"
-              "top-k updates over speaker-split (non-IID) tinyshakespeare; uplink bytes.\n\n"
+              "Does joining a fleet pay? FedBuff over speaker-split (non-IID) tinyshakespeare\n"
+              "against a large-batch run, each device alone, and sequential training; uplink\n"
+              "bytes and where the progress of each merge goes.\n\n"
               "  --corpus FILE       text (default ../shared/data/tinyshakespeare.txt)\n"
               "  --config NAME       model: tiny (default) or small\n"
               "  --devices N         devices = shards (default 8)\n"
               "  --buffer K          updates per merge (default 4)\n"
               "  --local-steps N     steps per device round (default 10)\n"
               "  --rounds N          rounds per device (default 18; --quick 4)\n"
-              "  -B, --batch N       batch (default 8)\n"
+              "  -B, --batch N       batch per device (default 8)\n"
               "  --lr X              peak learning rate (default 0.002)\n"
               "  --topk X            top-k fraction (default 0.01)\n"
               "  --threads N         BLAS threads (default 2)\n"
-              "  --server-lr X       server learning rate (default 1.0; FedAdam 0.01)\n"
-              "  --server-opt NAME   fedavg (default) or fedadam\n"
-              "  --only LIST         run only these of central,fp32,int8,topk\n"
-              "  --quick             fewer rounds (about a minute)\n",
+              "  --server-opt NAME   the fleet's optimizer: fedavg (default), nesterov, fedadam\n"
+              "  --server-lr X       its learning rate (default: fedavg 0.7, nesterov 0.5, fedadam\n"
+              "                      0.01)\n"
+              "  --momentum X        nesterov momentum (default 0.7)\n"
+              "  --period N          nesterov: merges per momentum step (default devices/K)\n"
+              "  --adam-eps X        fedadam epsilon (default 0.001)\n"
+              "  --dylu              step budget per round follows each device's speed\n"
+              "  --only LIST         run only these of large,alone,alone-all,seq,fedavg,fedadam,\n"
+              "                      nesterov,fp32,topk,iid,sync (fp32, topk, iid, sync: with the\n"
+              "                      fleet's optimizer; sync: devices wait for every merge, K=devices)\n"
+              "  --curve             the fleet and the devices alone at 1x, 4x, 16x the rounds\n"
+              "  --trace FILE        per-merge diagnostics, tab-separated\n"
+              "  --seed N            initial model and data orders (default 1)\n"
+              "  --quick             fewer rounds\n",
               f);
+}
+
+static int parse_float(const char *s, double min, double max, float *ret) {
+        char *end;
+        errno = 0;
+        double d = strtod(s, &end);
+        if (errno || end == s || *end || !(d >= min && d <= max))
+                return -EINVAL;
+        *ret = (float) d;
+        return 0;
 }
 
 static int parse_args(int argc, char **argv, bench_opts *o) {
         enum { OPT_CORPUS = 0x100, OPT_CONFIG, OPT_DEVICES, OPT_BUFFER, OPT_LOCAL, OPT_ROUNDS,
                OPT_LR, OPT_TOPK, OPT_THREADS, OPT_QUICK, OPT_SERVER_LR, OPT_SERVER_OPT,
-               OPT_ONLY };
+               OPT_MOMENTUM, OPT_PERIOD, OPT_ADAM_EPS, OPT_DYLU, OPT_ONLY, OPT_CURVE, OPT_TRACE, OPT_SEED };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "corpus", required_argument, NULL, OPT_CORPUS },
@@ -525,31 +706,32 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                 { "quick", no_argument, NULL, OPT_QUICK },
                 { "server-lr", required_argument, NULL, OPT_SERVER_LR },
                 { "server-opt", required_argument, NULL, OPT_SERVER_OPT },
+                { "momentum", required_argument, NULL, OPT_MOMENTUM },
+                { "period", required_argument, NULL, OPT_PERIOD },
+                { "adam-eps", required_argument, NULL, OPT_ADAM_EPS },
+                { "dylu", no_argument, NULL, OPT_DYLU },
                 { "only", required_argument, NULL, OPT_ONLY },
+                { "curve", no_argument, NULL, OPT_CURVE },
+                { "trace", required_argument, NULL, OPT_TRACE },
+                { "seed", required_argument, NULL, OPT_SEED },
                 {}
         };
-        static const char *const run_names[] = { "central", "fp32", "int8", "topk" };
-        bool rounds_set = false, server_lr_set = false;
+        bool rounds_set = false;
         model_config cfg;
         char *end;
         int c;
 
         *o = (bench_opts) { .config = "tiny", .corpus = default_corpus, .devices = 8,
                             .buffer = 4, .local_steps = 10, .rounds = 18, .B = 8, .threads = 2,
-                            .lr = 2e-3f, .weight_decay = 0.0f, .topk = 0.01f, .server_lr = 1.0f };
+                            .lr = 2e-3f, .weight_decay = 0.0f, .topk = 0.01f, .seed = 1,
+                            .server = { .opt = SRV_FEDAVG, .mu = NESTEROV_MOMENTUM } };
         while ((c = getopt_long(argc, argv, "hB:", options, NULL)) >= 0) {
                 long v = 0;
-                double d = 0;
                 if (c == OPT_DEVICES || c == OPT_BUFFER || c == OPT_LOCAL || c == OPT_ROUNDS ||
-                    c == 'B' || c == OPT_THREADS) {
+                    c == 'B' || c == OPT_THREADS || c == OPT_PERIOD || c == OPT_SEED) {
                         errno = 0;
                         v = strtol(optarg, &end, 10);
                         if (errno || end == optarg || *end || v < 1 || v > 100000)
-                                return -EINVAL;
-                }
-                if (c == OPT_LR || c == OPT_TOPK) {
-                        d = strtod(optarg, &end);
-                        if (end == optarg || *end || !(d > 0 && d <= 1))
                                 return -EINVAL;
                 }
                 switch (c) {
@@ -587,10 +769,12 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                         o->B = (int) v;
                         break;
                 case OPT_LR:
-                        o->lr = (float) d;
+                        if (parse_float(optarg, 1e-6, 1, &o->lr) < 0)
+                                return -EINVAL;
                         break;
                 case OPT_TOPK:
-                        o->topk = (float) d;
+                        if (parse_float(optarg, 1e-6, 1, &o->topk) < 0)
+                                return -EINVAL;
                         break;
                 case OPT_THREADS:
                         if (v > 64)
@@ -601,27 +785,51 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                         o->quick = true;
                         break;
                 case OPT_SERVER_LR:
-                        d = strtod(optarg, &end);
-                        if (end == optarg || *end || !(d > 0 && d <= 100))
+                        if (parse_float(optarg, 1e-6, 100, &o->server.lr) < 0)
                                 return -EINVAL;
-                        o->server_lr = (float) d;
-                        server_lr_set = true;
                         break;
-                case OPT_SERVER_OPT:
-                        if (strcmp(optarg, "fedavg") && strcmp(optarg, "fedadam"))
+                case OPT_SERVER_OPT: {
+                        size_t i = 0;
+                        while (i < ARRAY_SIZE(server_opt_names) && strcmp(optarg, server_opt_names[i]))
+                                i++;
+                        if (i == ARRAY_SIZE(server_opt_names))
                                 return -EINVAL;
-                        o->fedadam = !strcmp(optarg, "fedadam");
+                        o->server.opt = (server_opt) i;
+                        break;
+                }
+                case OPT_MOMENTUM:
+                        if (parse_float(optarg, 0, 0.999, &o->server.mu) < 0)
+                                return -EINVAL;
+                        break;
+                case OPT_PERIOD:
+                        o->server.period = (int) v;
+                        break;
+                case OPT_ADAM_EPS:
+                        if (parse_float(optarg, 1e-12, 1, &o->server.eps) < 0)
+                                return -EINVAL;
+                        break;
+                case OPT_DYLU:
+                        o->dylu = true;
                         break;
                 case OPT_ONLY:
                         for (char *save = NULL, *t = strtok_r(optarg, ",", &save); t;
                              t = strtok_r(NULL, ",", &save)) {
                                 size_t i = 0;
-                                while (i < ARRAY_SIZE(run_names) && strcmp(t, run_names[i]))
+                                while (i < N_RUNS && strcmp(t, run_names[i]))
                                         i++;
-                                if (i == ARRAY_SIZE(run_names))
+                                if (i == N_RUNS)
                                         return -EINVAL;
                                 o->only |= 1u << i;
                         }
+                        break;
+                case OPT_CURVE:
+                        o->curve = true;
+                        break;
+                case OPT_TRACE:
+                        o->trace_path = optarg;
+                        break;
+                case OPT_SEED:
+                        o->seed = (uint64_t) v;
                         break;
                 default:
                         return -EINVAL;
@@ -629,8 +837,6 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         }
         if (optind < argc)
                 return -EINVAL;
-        if (o->fedadam && !server_lr_set)
-                o->server_lr = 0.01f;
         if (o->quick && !rounds_set)
                 o->rounds = 4;
         model_config_by_name(o->config, &cfg);
@@ -638,40 +844,212 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         return 0;
 }
 
-static void print_row(const run_result *r, const run_result *central, const run_result *fp32) {
-        char ratio[16] = "-", upl[24] = "-", upr[16] = "-", stale[24] = "-";
+/* ---- report ---- */
 
-        if (!r->ran) {
-                printf("%-12s failed\n", r->name);
+typedef struct {
+        bool ran;
+        double val_loss, seconds;
+        double large[3];                 /* lr x1, x2, x4 */
+        double alone_mean, alone_min, alone_max;
+        fleet_result fleet;
+} run_result;
+
+static double best_large(const run_result *r) {
+        double best = INFINITY;
+        for (int i = 0; i < 3; i++)
+                best = MIN(best, r->large[i]);
+        return best;
+}
+
+static void ratio(char *buf, size_t n, double x, double ref) {
+        if (isfinite(ref) && ref > 0)
+                snprintf(buf, n, "%.3f", x / ref);
+        else
+                snprintf(buf, n, "-");
+}
+
+static void print_fleet_row(const char *label, const run_result *r, double large, double alone,
+                            double alone_all, double seq) {
+        char a[16], c[16], d[16], e[16];
+        const fleet_result *f = &r->fleet;
+        long n = 0;
+        double stale = 0;
+        int max_stale = 0;
+
+        for (int s = 0; s <= MAX_STALENESS + 1; s++) {
+                n += f->stale_hist[s];
+                stale += (double) s * (double) f->stale_hist[s];
+                if (f->stale_hist[s])
+                        max_stale = s;
+        }
+        ratio(a, sizeof(a), r->val_loss, large);
+        ratio(c, sizeof(c), r->val_loss, alone);
+        ratio(d, sizeof(d), r->val_loss, alone_all);
+        ratio(e, sizeof(e), r->val_loss, seq);
+        printf("%-24s %8.4f %7s %7s %7s %7s %8.2f MB %6ld %5.2f/%d %4ld %6.0f\n", label,
+               r->val_loss, a, c, d, e, f->uplink_per_device / 1e6, f->merges,
+               n ? stale / (double) n : 0, max_stale, f->dropped, r->seconds);
+}
+
+static void print_diag(const char *label, const fleet_result *f) {
+        if (!f->n_diag)
                 return;
+        printf("%-24s %9.4f %9.3f %9.3f   %.3f -> %.3f", label, f->delta_norm / f->n_diag,
+               f->n_pairs ? f->pair_cos / f->n_pairs : 0, f->merged_ratio / f->n_diag,
+               f->loss_start / f->n_diag, f->loss_end / f->n_diag);
+        if (f->n_val)
+                printf("   %+.4f", f->val_gain / f->n_val);
+        printf("   ");
+        for (int s = 0; s <= MAX_STALENESS + 1; s++)
+                if (f->stale_hist[s])
+                        printf(" %s%d:%ld", s > MAX_STALENESS ? ">" : "", MIN(s, MAX_STALENESS),
+                               f->stale_hist[s]);
+        printf("\n");
+}
+
+static int run_alone_shards(bench_ctx *b, long steps, double *ret_mean, double *ret_min,
+                            double *ret_max) {
+        const bench_opts *o = b->o;
+        double sum = 0, mn = INFINITY, mx = -INFINITY;
+        int r;
+
+        for (int i = 0; i < o->devices; i++) {
+                double v;
+                /* the same data order device i has in the fleet */
+                r = train_alone(b, &b->shards[i].src, device_cursor(o, i),
+                                steps, 1, o->lr, &v);
+                if (r < 0)
+                        return r;
+                sum += v;
+                mn = MIN(mn, v);
+                mx = MAX(mx, v);
         }
-        if (central->ran)
-                snprintf(ratio, sizeof(ratio), "%.3f", r->val_loss / central->val_loss);
-        if (r->kind != RUN_CENTRAL) {
-                snprintf(upl, sizeof(upl), "%.2f MB", r->uplink_per_device / 1e6);
-                if (fp32->ran)
-                        snprintf(upr, sizeof(upr), "%.1fx", fp32->uplink_per_device /
-                                                                   r->uplink_per_device);
-                snprintf(stale, sizeof(stale), "%.2f / %d", r->mean_staleness, r->max_staleness);
+        *ret_mean = sum / o->devices;
+        *ret_min = mn;
+        *ret_max = mx;
+        return 0;
+}
+
+static fleet_spec fleet_spec_for(const bench_opts *o, int run) {
+        fleet_spec s = { .enc = UPD_INT8, .server = o->server, .k = o->buffer,
+                         .rounds = o->rounds, .name = run_names[run] };
+        server_cfg def = { .mu = NESTEROV_MOMENTUM };
+        switch (run) {
+        case RUN_FEDAVG:
+        case RUN_FEDADAM:
+        case RUN_NESTEROV: {
+                server_opt opt = (server_opt) (run - RUN_FEDAVG);
+                if (opt != o->server.opt) { /* the other optimizers at their defaults */
+                        s.server = def;
+                        s.server.opt = opt;
+                }
+                break;
         }
-        printf("%-12s %9.4f %9.4f %8s %12s %9s %10s %8ld %5ld %7.1f\n", r->name, r->val_loss,
-               r->train_loss, ratio, upl, upr, stale, r->merges, r->dropped, r->seconds);
+        case RUN_FP32:
+                s.enc = UPD_FP32;
+                break;
+        case RUN_TOPK:
+                s.enc = UPD_TOPK;
+                break;
+        case RUN_IID:
+                s.iid = true;
+                break;
+        case RUN_SYNC:
+                s.sync = true;
+                s.k = o->devices;
+                break;
+        }
+        return s;
+}
+
+static int run_one(bench_ctx *b, int run, run_result *res) {
+        const bench_opts *o = b->o;
+        const long steps = (long) o->rounds * o->local_steps;
+        double t0 = mono_now_s();
+        int r = 0;
+
+        switch (run) {
+        case RUN_LARGE:
+                for (int i = 0; i < 3 && r >= 0; i++)
+                        r = train_alone(b, &b->central_src, (o->seed ^ DATA_SALT), steps, o->devices,
+                                        o->lr * (float) (1 << i), &res->large[i]);
+                res->val_loss = best_large(res);
+                break;
+        case RUN_ALONE:
+                r = run_alone_shards(b, steps, &res->alone_mean, &res->alone_min, &res->alone_max);
+                res->val_loss = res->alone_mean;
+                break;
+        case RUN_ALONE_ALL:
+                r = train_alone(b, &b->central_src, (o->seed ^ DATA_SALT), steps, 1, o->lr,
+                                &res->val_loss);
+                break;
+        case RUN_SEQ:
+                r = train_alone(b, &b->central_src, (o->seed ^ DATA_SALT), steps * o->devices, 1, o->lr,
+                                &res->val_loss);
+                break;
+        default: {
+                fleet_spec spec = fleet_spec_for(o, run);
+                r = run_fleet(b, &spec, &res->fleet);
+                res->val_loss = res->fleet.val_loss;
+        }
+        }
+        res->seconds = mono_now_s() - t0;
+        res->ran = r >= 0;
+        return r;
+}
+
+static const char *fleet_label(const bench_opts *o, int run, char *buf, size_t n) {
+        fleet_spec s = fleet_spec_for(o, run);
+        snprintf(buf, n, "fleet %s %s%s%s", server_opt_names[s.server.opt],
+                 upd_encoding_to_string(s.enc), s.iid ? " IID" : "", s.sync ? " sync" : "");
+        return buf;
+}
+
+/* The fleet and the devices alone at growing budgets: a device's own shard runs out, the
+ * fleet's data does not. */
+static int run_curve(bench_ctx *b) {
+        const bench_opts *o = b->o;
+        static const int mult[] = { 1, 4, 16 };
+        double last_q = NAN;
+        int r;
+
+        printf("\nbudget curve: the fleet (%s int8) and each device alone on its shard\n",
+               server_opt_names[o->server.opt]);
+        printf("%-8s %8s %10s %10s %14s %8s %8s\n", "rounds", "steps", "fleet", "alone mean",
+               "alone min..max", "ratio", "wall s");
+        for (size_t i = 0; i < ARRAY_SIZE(mult) && !interrupted; i++) {
+                int rounds = o->rounds * mult[i];
+                fleet_spec spec = fleet_spec_for(o, RUN_FEDAVG + (int) o->server.opt);
+                fleet_result fr;
+                double mean, mn, mx, t0 = mono_now_s();
+
+                spec.rounds = rounds;
+                spec.name = "curve";
+                if ((r = run_fleet(b, &spec, &fr)) < 0 ||
+                    (r = run_alone_shards(b, (long) rounds * o->local_steps, &mean, &mn, &mx)) < 0)
+                        return r;
+                last_q = fr.val_loss / mean;
+                printf("%-8d %8ld %10.4f %10.4f %6.4f..%6.4f %8.3f %8.0f\n", rounds,
+                       (long) rounds * o->local_steps, fr.val_loss, mean, mn, mx, last_q,
+                       mono_now_s() - t0);
+                fflush(stdout);
+        }
+        printf("%s: at 16x the rounds the fleet's loss is %.1f %% below the devices' mean alone "
+               "(>= 10 %%)\n",
+               last_q <= 0.90 ? "PASS" : "MISS", 100 * (1 - last_q));
+        return 0;
 }
 
 int main(int argc, char **argv) {
-        run_result runs[4] = {
-                { .name = "centralized", .kind = RUN_CENTRAL },
-                { .name = "fed fp32", .kind = UPD_FP32 },
-                { .name = "fed int8", .kind = UPD_INT8 },
-                { .name = "fed top-k", .kind = UPD_TOPK },
-        };
-        shard shards[MAX_DEVICES] = {};
+        run_result runs[N_RUNS] = {};
+        shard shards[MAX_DEVICES] = {}, shards_iid[MAX_DEVICES] = {};
         bench_ctx b = {};
         model_config cfg;
         bench_opts o;
         uint8_t *text = NULL;
-        size_t size = 0, train_size = 0, turns = 0;
+        size_t size = 0, train_size = 0, turns = 0, turns_iid = 0;
         double t_start = mono_now_s(), init_loss = NAN;
+        unsigned want;
         int r, rc = EXIT_SUCCESS;
 
         blas_choose_kernel(argv);
@@ -688,21 +1066,35 @@ int main(int argc, char **argv) {
         log_open();
         blas_set_threads(o.threads);
         model_config_by_name(o.config, &cfg);
+        want = o.only ? o.only : o.curve ? 0 : (1u << N_RUNS) - 1;
 
         r = read_file(o.corpus, &text, &size);
         if (r < 0) {
                 fprintf(stderr, "fed-learning: %s: %s\n", o.corpus, strerror(-r));
                 return EXIT_FAILURE;
         }
-        r = split_corpus(text, size, o.devices, o.T, shards, &train_size, &turns);
+        r = split_corpus(text, size, o.devices, o.T, false, shards, &train_size, &turns);
+        if (r >= 0)
+                r = split_corpus(text, size, o.devices, o.T, true, shards_iid, &train_size,
+                                 &turns_iid);
         if (r < 0) {
-                fprintf(stderr, "fed-learning: %s: cannot split into %d speaker shards: %s\n",
-                        o.corpus, o.devices, strerror(-r));
+                fprintf(stderr, "fed-learning: %s: cannot split into %d shards: %s\n", o.corpus,
+                        o.devices, strerror(-r));
                 rc = EXIT_FAILURE;
                 goto out;
         }
+        if (o.trace_path && !(b.trace = fopen(o.trace_path, "we"))) {
+                fprintf(stderr, "fed-learning: %s: %m\n", o.trace_path);
+                rc = EXIT_FAILURE;
+                goto out;
+        }
+        if (b.trace)
+                fprintf(b.trace, "run\tversion\tk\tstaleness\tval_before\tval_after\t"
+                                 "delta_norm_mean\tpair_cos_mean\tmerged_norm\tlocal_loss_start\t"
+                                 "local_loss_end\tlr\n");
         b.o = &o;
         b.shards = shards;
+        b.shards_iid = shards_iid;
         b.central = (corpus) { .bytes = text, .size = train_size, .train_size = train_size };
         b.held = (corpus) { .bytes = text + train_size, .size = size - train_size, .train_size = 0 };
         b.central_src = batch_source_corpus(&b.central);
@@ -715,10 +1107,6 @@ int main(int argc, char **argv) {
                 rc = EXIT_FAILURE;
                 goto out;
         }
-        b.total_steps = (long) o.devices * o.rounds * o.local_steps;
-        b.sched = (lr_schedule) { .lr_max = o.lr, .lr_min = o.lr / 10,
-                                  .warmup_steps = MAX(b.total_steps / 20, 1),
-                                  .total_steps = b.total_steps };
         if (model_new(&cfg, o.B, o.T, &b.m) < 0) {
                 rc = EXIT_FAILURE;
                 goto out;
@@ -731,94 +1119,158 @@ int main(int argc, char **argv) {
                 rc = EXIT_FAILURE;
                 goto out;
         }
-        model_init_params(b.m, SEED);
+        model_init_params(b.m, o.seed);
         memcpy(b.init, b.m->params, b.lay->n_params * sizeof(float));
         if (val_loss(&b, &init_loss) < 0) {
                 rc = EXIT_FAILURE;
                 goto out;
         }
 
+        const long steps = (long) o.rounds * o.local_steps;
         printf("edged federated learning benchmark\n");
         printf("BLAS: %s, %d thread%s; sgemm peak %.0f GFLOPS (n=512)\n", blas_describe(),
                o.threads, o.threads == 1 ? "" : "s", sgemm_peak_gflops(512, 3));
         printf("corpus %s: %zu bytes; held out %zu bytes from byte %zu (last ~10 %%, at a turn "
                "start): %d batches x %d windows x T=%d\n",
                o.corpus, size, size - train_size, train_size, b.val_batches, o.B, o.T);
-        printf("training part %zu bytes in %zu speaker turns, split by fnv1a64(speaker) %% %d:\n "
-               " shard bytes:",
-               train_size, turns, o.devices);
+        printf("training part %zu bytes in %zu speaker turns; shard bytes by speaker:", train_size,
+               turns);
         for (int i = 0; i < o.devices; i++)
                 printf(" %zu", shards[i].size);
-        printf("\n");
-        printf("model %s (%zu params, seed %d, val loss at init %.4f); B=%d T=%d; AdamW b2=0.95, "
-               "wd %g, clip 1.0;\n  lr %g warmup %ld steps, cosine to %g at %ld steps\n",
-               cfg.name, b.lay->n_params, SEED, init_loss, o.B, o.T, (double) o.weight_decay,
-               (double) o.lr, b.sched.warmup_steps, (double) o.lr / 10, b.total_steps);
-        printf("centralized: %ld steps = %.2f M tokens on the union of the shards\n",
-               b.total_steps, (double) b.total_steps * o.B * o.T / 1e6);
-        printf("federated: %d devices x %d rounds x %d local steps (same tokens), FedBuff K=%d, "
-               "server %s lr %g,\n  MaxStaleness %d, device speeds 1.0..1.5, AdamW state "
-               "kept per device across rounds; top-k %g %% with error feedback\n\n",
-               o.devices, o.rounds, o.local_steps, o.buffer, o.fedadam ? "FedAdam" : "FedAvg",
-               (double) o.server_lr, MAX_STALENESS,
-               (double) o.topk * 100);
+        printf("\n  IID control (turns dealt at random):");
+        for (int i = 0; i < o.devices; i++)
+                printf(" %zu", shards_iid[i].size);
+        printf("\nmodel %s (%zu params, seed %d, val loss at init %.4f); B=%d T=%d; AdamW b2=0.95, "
+               "wd %g, clip 1.0; peak lr %g, warmup 5 %%, cosine to lr/10\n",
+               cfg.name, b.lay->n_params, (int) o.seed, init_loss, o.B, o.T, (double) o.weight_decay,
+               (double) o.lr);
+        printf("fleet: %d devices x %d rounds x %d local steps%s, FedBuff K=%d, MaxStaleness %d,\n"
+               "  speeds 1.0..1.5, AdamW kept per device, lr from the fleet's schedule at each "
+               "rebase;\n  server %s lr %g", o.devices, o.rounds, o.local_steps,
+               o.dylu ? " (scaled by speed)" : "", o.buffer, MAX_STALENESS,
+               server_opt_names[o.server.opt], (double) server_lr_of(&o.server));
+        if (o.server.opt == SRV_NESTEROV)
+                printf(" momentum %g every %d merges", (double) o.server.mu,
+                       o.server.period ? o.server.period : MAX(1, o.devices / o.buffer));
+        if (o.server.opt == SRV_FEDADAM)
+                printf(" eps %g", (double) (o.server.eps > 0 ? o.server.eps : AGG_ADAM_EPS_DEFAULT));
+        printf("; top-k %g %% with error feedback\n", (double) o.topk * 100);
+        printf("baselines: large batch %ld steps x %d x B (lr x1, x2, x4); alone %ld steps on its "
+               "shard / on all; sequential %ld steps\n\n",
+               steps, o.devices, steps, steps * o.devices);
         fflush(stdout);
 
-        for (int i = 0; i < 4 && !interrupted; i++) {
-                if (o.only && !(o.only & (1u << i)))
+        for (int i = 0; i < N_RUNS && !interrupted; i++) {
+                char label[64];
+                if (!(want & (1u << i)))
                         continue;
-                r = runs[i].kind == RUN_CENTRAL ? run_central(&b, &runs[i])
-                                                 : run_federated(&b, (upd_encoding) runs[i].kind,
-                                                                 &runs[i]);
+                r = run_one(&b, i, &runs[i]);
                 if (r < 0) {
-                        fprintf(stderr, "fed-learning: %s failed: %s\n", runs[i].name,
-                                strerror(-r));
+                        fprintf(stderr, "fed-learning: %s failed: %s\n", run_names[i], strerror(-r));
                         rc = EXIT_FAILURE;
+                        continue;
                 }
-                printf("  %-12s done in %.0f s: val loss %.4f\n", runs[i].name, runs[i].seconds,
-                       runs[i].val_loss);
+                printf("  %-24s done in %4.0f s: val loss %.4f\n",
+                       i >= RUN_FEDAVG ? fleet_label(&o, i, label, sizeof(label)) : run_names[i],
+                       runs[i].seconds, runs[i].val_loss);
                 fflush(stdout);
         }
 
-        printf("\n%-12s %9s %9s %8s %12s %9s %10s %8s %5s %7s\n", "config", "val loss",
-               "trainloss", "/central", "uplink/dev", "fp32/x", "stale avg/max", "merges", "drop",
-               "wall s");
-        for (int i = 0; i < 4; i++)
-                if (!o.only || (o.only & (1u << i)))
-                        print_row(&runs[i], &runs[0], &runs[1]);
-        printf("val loss: mean over the held-out windows; trainloss: last 10 %% of steps "
-               "(centralized) or all device steps;\nuplink/dev: sum of a device's update bodies "
-               "(mean over devices)\n\n");
+        const double large = runs[RUN_LARGE].ran ? runs[RUN_LARGE].val_loss : NAN;
+        const double alone = runs[RUN_ALONE].ran ? runs[RUN_ALONE].alone_mean : NAN;
+        const double alone_all = runs[RUN_ALONE_ALL].ran ? runs[RUN_ALONE_ALL].val_loss : NAN;
+        const double seq = runs[RUN_SEQ].ran ? runs[RUN_SEQ].val_loss : NAN;
+        const int fleet = RUN_FEDAVG + (int) o.server.opt;
 
-        if (runs[0].ran && runs[2].ran) {
-                double q = runs[2].val_loss / runs[0].val_loss;
-                printf("%s: federated int8 val loss %.4f within 5 %% of centralized %.4f "
-                       "(%+.1f %%)\n",
-                       q <= 1.05 ? "PASS" : "MISS", runs[2].val_loss, runs[0].val_loss,
-                       100 * (q - 1));
+        printf("\n%-24s %8s %7s %7s %7s %7s %11s %6s %7s %4s %6s\n", "run", "val loss", "/large",
+               "/alone", "/all", "/seq", "uplink/dev", "merges", "stale", "drop", "wall s");
+        if (runs[RUN_LARGE].ran)
+                for (int i = 0; i < 3; i++) {
+                        char l[32], a[16];
+                        snprintf(l, sizeof(l), "large batch lr x%d%s", 1 << i,
+                                 runs[RUN_LARGE].large[i] == large ? " *" : "");
+                        ratio(a, sizeof(a), runs[RUN_LARGE].large[i], alone);
+                        printf("%-24s %8.4f %7s %7s\n", l, runs[RUN_LARGE].large[i], "", a);
+                }
+        if (runs[RUN_ALONE].ran)
+                printf("%-24s %8.4f %7s %7s  (devices %.4f .. %.4f)\n", "alone on own shard",
+                       alone, "", "1.000", runs[RUN_ALONE].alone_min, runs[RUN_ALONE].alone_max);
+        if (runs[RUN_ALONE_ALL].ran)
+                printf("%-24s %8.4f\n", "alone on all data", alone_all);
+        if (runs[RUN_SEQ].ran)
+                printf("%-24s %8.4f\n", "sequential (equal tok)", seq);
+        for (int i = RUN_FEDAVG; i < N_RUNS; i++) {
+                char label[64];
+                if (runs[i].ran)
+                        print_fleet_row(fleet_label(&o, i, label, sizeof(label)), &runs[i], large,
+                                        alone, alone_all, seq);
         }
-        if (runs[1].ran && runs[3].ran) {
-                double x = runs[1].uplink_per_device / runs[3].uplink_per_device;
-                double d = runs[3].val_loss / runs[1].val_loss - 1;
-                /* one-sided: a lower loss than fp32 is no loss of quality */
-                printf("%s: top-k uplink %.1fx smaller than fp32 (>= 10x) with val loss %+.2f %% "
-                       "of federated fp32 (<= +1 %%)\n",
-                       x >= 10 && d <= 0.01 ? "PASS" : "MISS", x, 100 * d);
+        printf("val loss: mean over the held-out windows; * the large batch's best learning rate; "
+               "uplink/dev: sum of a\ndevice's update bodies (mean over devices); stale: mean/max "
+               "versions behind at merge\n\n");
+
+        printf("where the progress goes (means over merges): |d_i| a device's delta; cos(d_i,d_j) "
+               "pairwise in a buffer;\n|merged|/|d_i| the merged delta against one device's; "
+               "local loss at a round's first -> last step;%s\nstaleness histogram (versions "
+               "behind: updates)\n",
+               b.trace ? "\nval gain: held-out loss before - after one merge;" : "");
+        printf("%-24s %9s %9s %9s   %s%s\n", "run", "|d_i|", "cos", "merged", "local loss",
+               b.trace ? "        val gain" : "");
+        for (int i = RUN_FEDAVG; i < N_RUNS; i++) {
+                char label[64];
+                if (runs[i].ran)
+                        print_diag(fleet_label(&o, i, label, sizeof(label)), &runs[i].fleet);
         }
-        if (runs[1].ran && runs[2].ran)
-                printf("info: int8 uplink %.1fx smaller than fp32, val loss %+.2f %% of federated "
-                       "fp32\n",
-                       runs[1].uplink_per_device / runs[2].uplink_per_device,
-                       100 * (runs[2].val_loss / runs[1].val_loss - 1));
+        printf("\n");
+
+        if (runs[fleet].ran) {
+                double q = runs[fleet].val_loss / large;
+                if (isfinite(q))
+                        printf("%s: the fleet (%s int8) %.4f <= 0.98 x the large batch %.4f "
+                               "(%.3f)\n",
+                               q <= 0.98 ? "PASS" : "MISS", server_opt_names[o.server.opt],
+                               runs[fleet].val_loss, large, q);
+                if (runs[RUN_ALONE].ran)
+                        printf("%s: the fleet %.4f below every device alone on its shard "
+                               "(%.4f .. %.4f, mean %.4f)\n",
+                               runs[fleet].val_loss < runs[RUN_ALONE].alone_min ? "PASS" : "MISS",
+                               runs[fleet].val_loss, runs[RUN_ALONE].alone_min,
+                               runs[RUN_ALONE].alone_max, alone);
+                if (isfinite(alone_all))
+                        printf("info: the fleet against one device on all the data (the pooled "
+                               "ideal): %.3f\n",
+                               runs[fleet].val_loss / alone_all);
+                if (isfinite(seq))
+                        printf("%s: against sequential at equal tokens %.3f (aim <= 1.10)\n",
+                               runs[fleet].val_loss / seq <= 1.10 ? "PASS" : "MISS",
+                               runs[fleet].val_loss / seq);
+                if (runs[RUN_TOPK].ran) {
+                        double d = runs[RUN_TOPK].val_loss / runs[fleet].val_loss - 1;
+                        double x = runs[fleet].fleet.uplink_per_device /
+                                   runs[RUN_TOPK].fleet.uplink_per_device;
+                        /* one-sided: a lower loss than int8 is no loss of quality */
+                        printf("%s: top-k %g %% val loss %+.2f %% of int8 (<= +1 %%), uplink "
+                               "%.1fx smaller than int8\n",
+                               d <= 0.01 ? "PASS" : "MISS", (double) o.topk * 100, 100 * d, x);
+                }
+                if (runs[RUN_IID].ran)
+                        printf("info: IID control %.4f: non-IID drift costs %+.2f %%\n",
+                               runs[RUN_IID].val_loss,
+                               100 * (runs[fleet].val_loss / runs[RUN_IID].val_loss - 1));
+        }
+        if (o.curve && !interrupted && run_curve(&b) < 0)
+                rc = EXIT_FAILURE;
         printf("\nbenchmark wall time %.0f s\n", mono_now_s() - t_start);
 out:
-        for (int i = 0; i < MAX_DEVICES; i++)
+        if (b.trace)
+                fclose(b.trace);
+        for (int i = 0; i < MAX_DEVICES; i++) {
                 free(shards[i].bytes);
+                free(shards_iid[i].bytes);
+        }
         free(b.tok);
         free(b.tgt);
         free(b.init);
-        free(b.adam_m);
-        free(b.adam_v);
         model_free(b.m);
         free(text);
         if (interrupted)
