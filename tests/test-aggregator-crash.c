@@ -58,6 +58,7 @@
 #include "store.h"
 #include "update-codec.h"
 #include "test-files.h"
+#include "test-http.h"
 
 #define N_DEVICES 3
 #define BUFFER_K 3
@@ -252,60 +253,17 @@ static void set_port(unsigned p) {
         pthread_mutex_unlock(&srv_lock);
 }
 
-/* ---- HTTP client (as in test-aggregator.c) ---- */
+/* ---- HTTP client ---- */
 
-typedef struct {
-        long status; /* -1: transport error */
-        char *body;
-        size_t size;
-} reply;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
-        reply *r = ud;
-        char *b = realloc(r->body, r->size + sz * n + 1);
-        if (!b)
-                return 0;
-        memcpy(b + r->size, p, sz * n);
-        r->size += sz * n;
-        b[r->size] = 0;
-        r->body = b;
-        return sz * n;
-}
-
-/* GET when body is NULL; hdrs NULL-terminated. Safe in threads (no assertions). */
+/* GET when body is NULL; hdrs NULL-terminated. Safe in threads (no assertions); status -1 on a
+ * transport error. */
 static reply http(unsigned port, const char *path, const void *body, size_t size,
                   const char *const *hdrs) {
-        CURL *c = curl_easy_init();
-        struct curl_slist *h = NULL;
-        char url[128];
-        reply r = { .status = -1 };
+        test_http_options o = { .connect_timeout_ms = 2000, .in_thread = true };
+        char base[32];
 
-        if (!c)
-                return r;
-        snprintf(url, sizeof(url), "http://127.0.0.1:%u%s", port, path);
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-        for (size_t i = 0; hdrs && hdrs[i]; i++)
-                h = curl_slist_append(h, hdrs[i]);
-        h = curl_slist_append(h, "Expect:");
-        if (body) {
-                curl_easy_setopt(c, CURLOPT_POST, 1L);
-                curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-                curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) size);
-        }
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-        if (curl_easy_perform(c) == CURLE_OK)
-                curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-        else
-                r.status = -1;
-        curl_slist_free_all(h);
-        curl_easy_cleanup(c);
-        return r;
+        snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+        return test_http_request_with(base, path, body, size, hdrs, &o);
 }
 
 static bool has_error(const reply *r, const char *reason) {

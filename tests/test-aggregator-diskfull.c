@@ -63,35 +63,7 @@ static size_t n_keys;
 
 /* GET when body is NULL; hdrs NULL-terminated. */
 static reply http(const char *path, const void *body, size_t size, const char *const *hdrs) {
-        CURL *c = curl_easy_init();
-        struct curl_slist *h = NULL;
-        char url[256];
-        reply r = {};
-
-        assert_non_null(c);
-        snprintf(url, sizeof(url), "%s%s", base_url, path);
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, reply_on_body);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, reply_on_header);
-        curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-        for (size_t i = 0; hdrs && hdrs[i]; i++)
-                h = curl_slist_append(h, hdrs[i]);
-        h = curl_slist_append(h, "Expect:");
-        if (body) {
-                curl_easy_setopt(c, CURLOPT_POST, 1L);
-                curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-                curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) size);
-        }
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-        r.status = curl_easy_perform(c) == CURLE_OK ? 0 : -1;
-        if (r.status == 0)
-                curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-        curl_slist_free_all(h);
-        curl_easy_cleanup(c);
-        return r;
+        return test_http_request(base_url, path, body, size, hdrs);
 }
 
 static bool has_error(const reply *r, const char *reason) {

@@ -20,8 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "blas.h"
-#include "blobs.h"
 #include "lr-schedule.h"
 #include "macros.h"
 #include "merger.h"
@@ -32,11 +30,9 @@
 #include "update-codec.h"
 #include "test-files.h"
 #include "test-http.h"
+#include "aggregator-harness.h"
 
-static agg_store *store;
-static agg_server *server;
-static model_layout lay;
-static char base_url[64], store_dir[128];
+static test_agg_harness agg;
 
 /* relative tolerance: the task carries 7 significant digits */
 static void assert_close(double got, double want) {
@@ -144,40 +140,12 @@ static void test_budget(void **state) {
 /* ---- the server ---- */
 
 static reply http(const char *path, const void *body, size_t size, const char *const *hdrs) {
-        CURL *c = curl_easy_init();
-        struct curl_slist *h = NULL;
-        char url[256];
-        reply r = {};
-
-        snprintf(url, sizeof(url), "%s%s", base_url, path);
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, reply_on_body);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, reply_on_header);
-        curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-        for (size_t i = 0; hdrs && hdrs[i]; i++)
-                h = curl_slist_append(h, hdrs[i]);
-        h = curl_slist_append(h, "Expect:");
-        if (body) {
-                curl_easy_setopt(c, CURLOPT_POST, 1L);
-                curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-                curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) size);
-        }
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-        if (curl_easy_perform(c) == CURLE_OK)
-                curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-        else
-                r.status = -1;
-        curl_slist_free_all(h);
-        curl_easy_cleanup(c);
-        return r;
+        return test_http_request(agg.base_url, path, body, size, hdrs);
 }
 
 static void set(const char *kv) {
         char err[256], *a[] = { (char *) kv };
-        if (agg_store_set(store, a, 1, false, err, sizeof(err)) < 0)
+        if (agg_store_set(agg.store, a, 1, false, err, sizeof(err)) < 0)
                 fail_msg("set %s: %s", kv, err);
 }
 
@@ -185,7 +153,7 @@ static void set(const char *kv) {
 static void enroll(char *auth, size_t size) {
         char tok[AGG_ID_HEX], body[128], id[40] = "", secret[80] = "";
 
-        assert_int_equal(agg_store_token_create(store, 0, 1, tok), 0);
+        assert_int_equal(agg_store_token_create(agg.store, 0, 1, tok), 0);
         snprintf(body, sizeof(body), "{\"token\": \"%s\"}", tok);
         reply r = http("/v1/enroll", body, strlen(body), NULL);
         assert_int_equal(r.status, 201);
@@ -224,16 +192,16 @@ static task get_task(const char *auth) {
 /* An update from base with tokens and the steps it claims; accepted. */
 static void send_update(const char *auth, const char *key, uint64_t base, uint64_t tokens,
                         long steps) {
-        _cleanup_free_ float *delta = malloc(lay.n_params * sizeof(float));
+        _cleanup_free_ float *delta = malloc(agg.lay.n_params * sizeof(float));
         char k[96], b[64], t[64], st[64];
         void *body;
         size_t size;
 
         assert_non_null(delta);
-        for (size_t i = 0; i < lay.n_params; i++)
+        for (size_t i = 0; i < agg.lay.n_params; i++)
                 delta[i] = (float) ((int) ((i * 2654435761u + tokens) % 2001u) - 1000) * 1e-7f;
-        assert_int_equal(upd_encode(UPD_FP32, base, &lay, delta, 0.01f, NULL, &body, &size, NULL),
-                         0);
+        assert_int_equal(
+                upd_encode(UPD_FP32, base, &agg.lay, delta, 0.01f, NULL, &body, &size, NULL), 0);
         snprintf(k, sizeof(k), "Idempotency-Key: %s", key);
         snprintf(b, sizeof(b), "X-Edged-Base-Version: %llu", (unsigned long long) base);
         snprintf(t, sizeof(t), "X-Edged-Tokens: %llu", (unsigned long long) tokens);
@@ -248,7 +216,7 @@ static void send_update(const char *auth, const char *key, uint64_t base, uint64
 
 static void merge(void) {
         bool merged = false;
-        assert_int_equal(agg_merge_once(store, NULL, &merged), 0);
+        assert_int_equal(agg_merge_once(agg.store, NULL, &merged), 0);
         assert_true(merged);
 }
 
@@ -307,7 +275,7 @@ static void test_served_lr(void **state) {
         assert_close(t.lr, 0.0002);
 
         /* the clock is in each version row, and durable: another connection reads it */
-        assert_int_equal(agg_store_open(store_dir, &other), 0);
+        assert_int_equal(agg_store_open(agg.store_dir, &other), 0);
         static const uint64_t want[] = { 0, 500, 11000, 13500, 28500 };
         for (uint64_t i = 0; i < ARRAY_SIZE(want); i++) {
                 assert_int_equal(agg_store_get_version(other, i, &v), 0);
@@ -319,7 +287,7 @@ static void test_served_lr(void **state) {
         {
                 char path[256];
                 sqlite3 *db;
-                snprintf(path, sizeof(path), "%s/aggregator.db", store_dir);
+                snprintf(path, sizeof(path), "%s/aggregator.db", agg.store_dir);
                 assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
                 sqlite3_busy_timeout(db, 5000);
                 assert_int_equal(sqlite3_exec(db, "ALTER TABLE versions DROP COLUMN merged_tokens",
@@ -327,7 +295,7 @@ static void test_served_lr(void **state) {
                                  SQLITE_OK);
                 sqlite3_close(db);
         }
-        assert_int_equal(agg_store_open(store_dir, &other), 0);
+        assert_int_equal(agg_store_open(agg.store_dir, &other), 0);
         for (uint64_t i = 0; i < ARRAY_SIZE(want); i++) {
                 assert_int_equal(agg_store_get_version(other, i, &v), 0);
                 assert_int_equal(v.merged_tokens, want[i]);
@@ -402,7 +370,7 @@ static void test_budget_by_speed(void **state) {
                 const char *id = strstr(a, "Bearer ") + 7;
                 char dev[AGG_ID_HEX];
                 snprintf(dev, sizeof(dev), "%.32s", id);
-                assert_int_equal(agg_store_open(store_dir, &other), 0);
+                assert_int_equal(agg_store_open(agg.store_dir, &other), 0);
                 assert_int_equal(agg_store_device_pace(other, dev, &before, &open), 0);
                 assert_true(open); /* the task request above opened it */
                 usleep(100 * 1000);
@@ -452,39 +420,11 @@ static void test_settings(void **state) {
 }
 
 static int setup(void **state) {
-        model_config cfg;
-        char err[256], sha[65];
-        model *m;
-        agg_server_options o = { .listen = "127.0.0.1:0", .no_merger = true };
-
-        blas_set_threads(1);
-        curl_global_init(CURL_GLOBAL_DEFAULT);
-        if (test_tmpdir_create("test-aggregator-schedule") < 0)
-                return -1;
-        snprintf(store_dir, sizeof(store_dir), "%s/store", test_tmpdir);
-        model_config_by_name("tiny", &cfg);
-        model_layout_init(&lay, &cfg);
-        char *kv[] = { "Model=tiny", "BufferSize=2", "Encoding=fp32", "MaxUpdateNorm=1000",
-                       "RateLimitPerSec=1000", "RateLimitBurst=1000" };
-        if (agg_store_create(store_dir, &store) < 0 ||
-            agg_store_set(store, kv, ARRAY_SIZE(kv), true, err, sizeof(err)) < 0 ||
-            model_new(&cfg, 1, 1, &m) < 0)
-                return -1;
-        model_init_params(m, 7);
-        if (agg_blob_save_model(store_dir, m, 0, sha) < 0 || agg_store_insert_version0(store, sha) < 0)
-                return -1;
-        model_free(m);
-        if (agg_server_start(store, &o, &server) < 0)
-                return -1;
-        snprintf(base_url, sizeof(base_url), "http://127.0.0.1:%u", agg_server_port(server));
-        return 0;
+        return test_agg_harness_start(&agg, "test-aggregator-schedule");
 }
 
 static int teardown(void **state) {
-        agg_server_stop(server);
-        agg_store_free(store);
-        curl_global_cleanup();
-        return test_tmpdir_remove(state);
+        return test_agg_harness_stop(&agg, state);
 }
 
 int main(void) {

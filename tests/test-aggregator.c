@@ -13,7 +13,6 @@
 #include <cmocka.h>
 
 #include <curl/curl.h>
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -26,7 +25,6 @@
 #include <unistd.h>
 #include <zstd.h>
 
-#include "blas.h"
 #include "blobs.h"
 #include "macros.h"
 #include "merge.h"
@@ -37,67 +35,18 @@
 #include "update-codec.h"
 #include "test-files.h"
 #include "test-http.h"
+#include "aggregator-harness.h"
 
-static agg_store *store;
-static agg_server *server;
-static model_layout lay;
-static char base_url[64], auth[160], store_dir[128];
+static test_agg_harness agg;
+static char auth[160];
 
 /* ---- a tiny HTTP client ---- */
 
-typedef struct {
-        const void *data;
-        size_t size, off;
-} upload;
-
-static size_t on_read(char *p, size_t sz, size_t n, void *ud) {
-        upload *u = ud;
-        size_t k = MIN(sz * n, u->size - u->off);
-        memcpy(p, (const char *) u->data + u->off, k);
-        u->off += k;
-        return k;
-}
-
-/* method GET when body NULL; hdrs NULL-terminated; chunked sends the body without length. */
-static reply http(const char *base, const char *path, const void *body, size_t size, bool chunked,
+/* GET when body is NULL; hdrs NULL-terminated; chunked sends the body without length. */
+static reply http(const char *path, const void *body, size_t size, bool chunked,
                   const char *const *hdrs) {
-        CURL *c = curl_easy_init();
-        struct curl_slist *h = NULL;
-        char url[256];
-        reply r = {};
-        upload up = { body, size, 0 };
-
-        snprintf(url, sizeof(url), "%s%s", base, path);
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, reply_on_body);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, reply_on_header);
-        curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-        for (size_t i = 0; hdrs && hdrs[i]; i++)
-                h = curl_slist_append(h, hdrs[i]);
-        h = curl_slist_append(h, "Expect:");
-        if (body) {
-                curl_easy_setopt(c, CURLOPT_POST, 1L);
-                if (chunked) {
-                        h = curl_slist_append(h, "Transfer-Encoding: chunked");
-                        curl_easy_setopt(c, CURLOPT_READFUNCTION, on_read);
-                        curl_easy_setopt(c, CURLOPT_READDATA, &up);
-                } else {
-                        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-                        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) size);
-                }
-        }
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-        CURLcode cc = curl_easy_perform(c);
-        if (cc == CURLE_OK)
-                curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-        else
-                r.status = -1;
-        curl_slist_free_all(h);
-        curl_easy_cleanup(c);
-        return r;
+        test_http_options o = { .chunked = chunked };
+        return test_http_request_with(agg.base_url, path, body, size, hdrs, &o);
 }
 
 static bool has_error(const reply *r, const char *reason) {
@@ -161,12 +110,12 @@ static reply send_update(const char *key, uint64_t base, uint64_t tokens, const 
         snprintf(t, sizeof(t), "X-Edged-Tokens: %llu", (unsigned long long) tokens);
         const char *h[] = { auth, k, b, t, "X-Edged-Steps: 10", "X-Edged-Loss: 3.5",
                             "Content-Type: application/octet-stream", NULL };
-        return http(base_url, "/v1/update", body, size, false, h);
+        return http("/v1/update", body, size, false, h);
 }
 
 static void *encode(const float *delta, uint64_t base, size_t *ret_size) {
         void *body;
-        assert_int_equal(upd_encode(UPD_FP32, base, &lay, delta, 0.01f, NULL, &body, ret_size,
+        assert_int_equal(upd_encode(UPD_FP32, base, &agg.lay, delta, 0.01f, NULL, &body, ret_size,
                                     NULL),
                          0);
         return body;
@@ -178,7 +127,7 @@ static float pattern(size_t i, int which) {
 }
 
 static int64_t metric(const char *line_prefix) {
-        reply r = http(base_url, "/metrics", NULL, 0, false, NULL);
+        reply r = http("/metrics", NULL, 0, false, NULL);
         assert_int_equal(r.status, 200);
         char *p = strstr(r.body, line_prefix);
         int64_t v = p ? strtoll(p + strlen(line_prefix), NULL, 10) : 0;
@@ -188,45 +137,17 @@ static int64_t metric(const char *line_prefix) {
 
 static void set(const char *kv) {
         char err[256], *a[] = { (char *) kv };
-        assert_int_equal(agg_store_set(store, a, 1, false, err, sizeof(err)), 0);
+        assert_int_equal(agg_store_set(agg.store, a, 1, false, err, sizeof(err)), 0);
 }
 
 /* ---- setup ---- */
 
 static int setup(void **state) {
-        model_config cfg;
-        char err[256], sha[65];
-        model *m;
-        agg_server_options o = { .listen = "127.0.0.1:0", .no_merger = true };
-
-        blas_set_threads(1);
-        curl_global_init(CURL_GLOBAL_DEFAULT);
-        if (test_tmpdir_create("test-aggregator") < 0)
-                return -1;
-        snprintf(store_dir, sizeof(store_dir), "%s/store", test_tmpdir);
-        model_config_by_name("tiny", &cfg);
-        model_layout_init(&lay, &cfg);
-        char *kv[] = { "Model=tiny", "BufferSize=2", "Encoding=fp32", "MaxUpdateNorm=1000",
-                       "RateLimitPerSec=1000", "RateLimitBurst=1000" };
-        if (agg_store_create(store_dir, &store) < 0 ||
-            agg_store_set(store, kv, ARRAY_SIZE(kv), true, err, sizeof(err)) < 0 ||
-            model_new(&cfg, 1, 1, &m) < 0)
-                return -1;
-        model_init_params(m, 7);
-        if (agg_blob_save_model(store_dir, m, 0, sha) < 0 || agg_store_insert_version0(store, sha) < 0)
-                return -1;
-        model_free(m);
-        if (agg_server_start(store, &o, &server) < 0)
-                return -1;
-        snprintf(base_url, sizeof(base_url), "http://127.0.0.1:%u", agg_server_port(server));
-        return 0;
+        return test_agg_harness_start(&agg, "test-aggregator");
 }
 
 static int teardown(void **state) {
-        agg_server_stop(server);
-        agg_store_free(store);
-        curl_global_cleanup();
-        return test_tmpdir_remove(state);
+        return test_agg_harness_stop(&agg, state);
 }
 
 /* ---- tests ---- */
@@ -234,15 +155,15 @@ static int teardown(void **state) {
 static void enroll(const char *token, reply *ret) {
         char body[128];
         snprintf(body, sizeof(body), "{\"token\": \"%s\", \"name\": \"box<1>\"}", token);
-        *ret = http(base_url, "/v1/enroll", body, strlen(body), false, NULL);
+        *ret = http("/v1/enroll", body, strlen(body), false, NULL);
 }
 
 static void test_enroll(void **state) {
         char tok[AGG_ID_HEX], once[AGG_ID_HEX];
         reply r;
 
-        assert_int_equal(agg_store_token_create(store, 0, 0, tok), 0);
-        assert_int_equal(agg_store_token_create(store, 0, 1, once), 0);
+        assert_int_equal(agg_store_token_create(agg.store, 0, 0, tok), 0);
+        assert_int_equal(agg_store_token_create(agg.store, 0, 1, once), 0);
         enroll("0123456789abcdef0123456789abcdef", &r);
         assert_int_equal(r.status, 401);
         assert_true(has_error(&r, "bad-token"));
@@ -269,7 +190,7 @@ static void test_enroll(void **state) {
 static void test_expired_token(void **state) {
         char tok[AGG_ID_HEX];
         reply r;
-        assert_int_equal(agg_store_token_create(store, 1, 0, tok), 0);
+        assert_int_equal(agg_store_token_create(agg.store, 1, 0, tok), 0);
         sleep(2);
         enroll(tok, &r);
         assert_int_equal(r.status, 401);
@@ -280,7 +201,7 @@ static void test_expired_token(void **state) {
 static void test_task_and_model(void **state) {
         const char *h[] = { auth, NULL };
         char inm[160];
-        reply r = http(base_url, "/v1/task", NULL, 0, false, h), r2, full, part;
+        reply r = http("/v1/task", NULL, 0, false, h), r2, full, part;
 
         assert_int_equal(r.status, 200);
         assert_non_null(strstr(r.body, "\"version\":0"));
@@ -288,29 +209,29 @@ static void test_task_and_model(void **state) {
         assert_string_equal(r.etag, "\"0-1\"");
         snprintf(inm, sizeof(inm), "If-None-Match: %s", r.etag);
         const char *h2[] = { auth, inm, NULL };
-        r2 = http(base_url, "/v1/task", NULL, 0, false, h2);
+        r2 = http("/v1/task", NULL, 0, false, h2);
         assert_int_equal(r2.status, 304);
         free(r.body);
         free(r2.body);
 
         const char *none[] = { NULL };
-        r = http(base_url, "/v1/task", NULL, 0, false, none);
+        r = http("/v1/task", NULL, 0, false, none);
         assert_int_equal(r.status, 401);
         assert_true(has_error(&r, "unauthorized"));
         free(r.body);
 
-        full = http(base_url, "/v1/model/0", NULL, 0, false, h);
+        full = http("/v1/model/0", NULL, 0, false, h);
         assert_int_equal(full.status, 200);
         assert_true(full.size > 1000);
         const char *h3[] = { auth, "Range: bytes=1000-", NULL };
-        part = http(base_url, "/v1/model/0", NULL, 0, false, h3);
+        part = http("/v1/model/0", NULL, 0, false, h3);
         assert_int_equal(part.status, 206);
         assert_int_equal(part.size, full.size - 1000);
         assert_memory_equal(part.body, full.body + 1000, part.size);
         assert_string_equal(part.etag, full.etag);
         free(full.body);
         free(part.body);
-        r = http(base_url, "/v1/model/99", NULL, 0, false, h);
+        r = http("/v1/model/99", NULL, 0, false, h);
         assert_int_equal(r.status, 404);
         assert_true(has_error(&r, "not-found"));
         free(r.body);
@@ -324,23 +245,23 @@ static void expect_reject(reply r, long status, const char *reason) {
 }
 
 static void test_update_refusals(void **state) {
-        _cleanup_free_ float *delta = calloc(lay.n_params, sizeof(float));
+        _cleanup_free_ float *delta = calloc(agg.lay.n_params, sizeof(float));
         size_t size;
         char m[96];
 
         assert_non_null(delta);
-        for (size_t i = 0; i < lay.n_params; i++)
+        for (size_t i = 0; i < agg.lay.n_params; i++)
                 delta[i] = pattern(i, 1);
         _cleanup_free_ void *body = encode(delta, 0, &size);
 
         /* auth */
         const char *noauth[] = { "Idempotency-Key: x", "X-Edged-Base-Version: 0",
                                  "X-Edged-Tokens: 1", "X-Edged-Steps: 1", NULL };
-        expect_reject(http(base_url, "/v1/update", body, size, false, noauth), 401, "unauthorized");
+        expect_reject(http("/v1/update", body, size, false, noauth), 401, "unauthorized");
         const char *wrong[] = { "Authorization: Bearer 00000000000000000000000000000000:"
                                 "0000000000000000000000000000000000000000000000000000000000000000",
                                 "Idempotency-Key: x", NULL };
-        expect_reject(http(base_url, "/v1/update", body, size, false, wrong), 401, "unauthorized");
+        expect_reject(http("/v1/update", body, size, false, wrong), 401, "unauthorized");
         /* unknown base */
         size_t s5;
         _cleanup_free_ void *b5 = encode(delta, 5, &s5);
@@ -355,10 +276,10 @@ static void test_update_refusals(void **state) {
         /* NaN, wrong shape: hand-made bodies */
         delta[17] = NAN;
         size_t n2;
-        _cleanup_free_ void *bnan = raw_fp32(&lay, 0, delta, &n2, 0);
+        _cleanup_free_ void *bnan = raw_fp32(&agg.lay, 0, delta, &n2, 0);
         expect_reject(send_update("k-nan", 0, 10, bnan, n2), 422, "not-finite");
         delta[17] = 0;
-        _cleanup_free_ void *bshape = raw_fp32(&lay, 0, delta, &n2, 1);
+        _cleanup_free_ void *bshape = raw_fp32(&agg.lay, 0, delta, &n2, 1);
         expect_reject(send_update("k-shape", 0, 10, bshape, n2), 422, "wrong-shape");
         /* oversized: announced, and chunked */
         assert_true(size > 1024);
@@ -366,7 +287,7 @@ static void test_update_refusals(void **state) {
         expect_reject(send_update("k-big", 0, 10, body, size), 413, "too-large");
         const char *h[] = { auth, "Idempotency-Key: k-big2", "X-Edged-Base-Version: 0",
                             "X-Edged-Tokens: 1", "X-Edged-Steps: 1", NULL };
-        expect_reject(http(base_url, "/v1/update", body, size, true, h), 413, "too-large");
+        expect_reject(http("/v1/update", body, size, true, h), 413, "too-large");
         set("MaxUpdateBytes=10000000");
         /* norm bound */
         set("MaxUpdateNorm=0.01");
@@ -386,19 +307,19 @@ static void test_update_refusals(void **state) {
         assert_int_equal(metric("edge_updates_total{result=\"bad-encoding\"} "), 2);
         assert_int_equal(metric("edge_updates_total{result=\"too-large\"} "), 2);
         assert_int_equal(metric("edge_http_errors_total{reason=\"unauthorized\"} "), 3);
-        assert_int_equal(agg_store_count_pending(store), 0);
+        assert_int_equal(agg_store_count_pending(agg.store), 0);
 }
 
 /* Accepted twice with the same key counts once; durable in a second connection to the DB. */
 static void test_update_accept_and_merge_fedavg(void **state) {
-        _cleanup_free_ float *d1 = malloc(lay.n_params * sizeof(float)),
-                             *d2 = malloc(lay.n_params * sizeof(float));
+        _cleanup_free_ float *d1 = malloc(agg.lay.n_params * sizeof(float)),
+                             *d2 = malloc(agg.lay.n_params * sizeof(float));
         size_t s1, s2;
         agg_store *other;
         bool merged;
         reply r;
 
-        for (size_t i = 0; i < lay.n_params; i++) {
+        for (size_t i = 0; i < agg.lay.n_params; i++) {
                 d1[i] = pattern(i, 1);
                 d2[i] = pattern(i, 2);
         }
@@ -414,12 +335,12 @@ static void test_update_accept_and_merge_fedavg(void **state) {
         assert_non_null(strstr(r.body, "\"status\":\"duplicate\""));
         free(r.body);
 
-        assert_int_equal(agg_store_open(store_dir, &other), 0);
+        assert_int_equal(agg_store_open(agg.store_dir, &other), 0);
         assert_int_equal(agg_store_count_pending(other), 1);
         agg_store_free(other);
 
         /* one update, K = 2: no merge yet */
-        assert_int_equal(agg_merge_once(store, NULL, &merged), 0);
+        assert_int_equal(agg_merge_once(agg.store, NULL, &merged), 0);
         assert_false(merged);
         r = send_update("u2", 0, 300, b2, s2);
         assert_int_equal(r.status, 200);
@@ -427,19 +348,19 @@ static void test_update_accept_and_merge_fedavg(void **state) {
         assert_int_equal(metric("edge_updates_total{result=\"accepted\"} "), 2);
         assert_int_equal(metric("edge_updates_total{result=\"duplicate\"} "), 1);
 
-        assert_int_equal(agg_merge_once(store, NULL, &merged), 0);
+        assert_int_equal(agg_merge_once(agg.store, NULL, &merged), 0);
         assert_true(merged);
 
         agg_version v0, v1;
-        assert_int_equal(agg_store_get_version(store, 0, &v0), 0);
-        assert_int_equal(agg_store_get_version(store, 1, &v1), 0);
+        assert_int_equal(agg_store_get_version(agg.store, 0, &v0), 0);
+        assert_int_equal(agg_store_get_version(agg.store, 1, &v1), 0);
         assert_int_equal(v1.n_updates, 2);
         model *m0, *m1;
-        assert_int_equal(model_new(&lay.cfg, 1, 1, &m0), 0);
-        assert_int_equal(model_new(&lay.cfg, 1, 1, &m1), 0);
-        assert_int_equal(agg_blob_load_model(store_dir, v0.blob, m0), 0);
-        assert_int_equal(agg_blob_load_model(store_dir, v1.blob, m1), 0);
-        for (size_t i = 0; i < lay.n_params; i++) {
+        assert_int_equal(model_new(&agg.lay.cfg, 1, 1, &m0), 0);
+        assert_int_equal(model_new(&agg.lay.cfg, 1, 1, &m1), 0);
+        assert_int_equal(agg_blob_load_model(agg.store_dir, v0.blob, m0), 0);
+        assert_int_equal(agg_blob_load_model(agg.store_dir, v1.blob, m1), 0);
+        for (size_t i = 0; i < agg.lay.n_params; i++) {
                 /* token shares 100:300, both fresh; FedAvg at the default server rate 0.7 */
                 double want = (double) m0->params[i] + 0.7 * (0.25 * d1[i] + 0.75 * d2[i]);
                 if (fabs(m1->params[i] - want) > 1e-6)
@@ -453,12 +374,12 @@ static void test_update_accept_and_merge_fedavg(void **state) {
         assert_non_null(strstr(r.body, "\"status\":\"duplicate\""));
         assert_non_null(strstr(r.body, "\"version\":1"));
         free(r.body);
-        assert_int_equal(agg_store_count_pending(store), 0);
+        assert_int_equal(agg_store_count_pending(agg.store), 0);
 }
 
 static void test_merge_fedadam(void **state) {
-        _cleanup_free_ float *d1 = malloc(lay.n_params * sizeof(float)),
-                             *d2 = malloc(lay.n_params * sizeof(float));
+        _cleanup_free_ float *d1 = malloc(agg.lay.n_params * sizeof(float)),
+                             *d2 = malloc(agg.lay.n_params * sizeof(float));
         size_t s1, s2;
         bool merged;
         reply r;
@@ -466,7 +387,7 @@ static void test_merge_fedadam(void **state) {
         set("ServerOptimizer=fedadam");
         set("ServerLR=0.01"); /* the older name of ServerLearningRate */
         set("ServerAdamEpsilon=0.004");
-        for (size_t i = 0; i < lay.n_params; i++) {
+        for (size_t i = 0; i < agg.lay.n_params; i++) {
                 d1[i] = pattern(i, 3);
                 d2[i] = pattern(i, 4);
         }
@@ -479,23 +400,23 @@ static void test_merge_fedadam(void **state) {
         assert_int_equal(r.status, 200);
         assert_non_null(strstr(r.body, "\"staleness\":1"));
         free(r.body);
-        assert_int_equal(agg_merge_once(store, NULL, &merged), 0);
+        assert_int_equal(agg_merge_once(agg.store, NULL, &merged), 0);
         assert_true(merged);
 
         agg_version v1, v2;
-        assert_int_equal(agg_store_get_version(store, 1, &v1), 0);
-        assert_int_equal(agg_store_get_version(store, 2, &v2), 0);
+        assert_int_equal(agg_store_get_version(agg.store, 1, &v1), 0);
+        assert_int_equal(agg_store_get_version(agg.store, 2, &v2), 0);
         assert_true(v2.moments[0]);
         model *m1, *m2;
-        assert_int_equal(model_new(&lay.cfg, 1, 1, &m1), 0);
-        assert_int_equal(model_new(&lay.cfg, 1, 1, &m2), 0);
-        assert_int_equal(agg_blob_load_model(store_dir, v1.blob, m1), 0);
-        assert_int_equal(agg_blob_load_model(store_dir, v2.blob, m2), 0);
+        assert_int_equal(model_new(&agg.lay.cfg, 1, 1, &m1), 0);
+        assert_int_equal(model_new(&agg.lay.cfg, 1, 1, &m2), 0);
+        assert_int_equal(agg_blob_load_model(agg.store_dir, v1.blob, m1), 0);
+        assert_int_equal(agg_blob_load_model(agg.store_dir, v2.blob, m2), 0);
         /* FedBuff weights as published: a1 is fresh (tau 0), a2 one version stale (tau 1),
          * 200 tokens each: w1 = 200 * 1 / 400 = 0.5, w2 = 200 * (1/sqrt(2)) / 400
          * = 1/(2 sqrt(2)) ~ 0.35355 (sum 0.854: the stale half counts for less) */
         double w1 = 0.5, w2 = 1.0 / (2.0 * sqrt(2.0));
-        for (size_t i = 0; i < lay.n_params; i++) {
+        for (size_t i = 0; i < agg.lay.n_params; i++) {
                 double d = w1 * d1[i] + w2 * d2[i];
                 /* first FedAdam step from zero moments: m = 0.1 d, v = 0.01 d^2, with the
                  * store's ServerAdamEpsilon 4e-3 */
@@ -512,11 +433,11 @@ static void test_merge_fedadam(void **state) {
 }
 
 static void test_clip_and_stale(void **state) {
-        _cleanup_free_ float *d = malloc(lay.n_params * sizeof(float));
+        _cleanup_free_ float *d = malloc(agg.lay.n_params * sizeof(float));
         size_t sz;
         reply r;
 
-        for (size_t i = 0; i < lay.n_params; i++)
+        for (size_t i = 0; i < agg.lay.n_params; i++)
                 d[i] = pattern(i, 5);
         _cleanup_free_ void *b = encode(d, 2, &sz);
         set("MaxUpdateNorm=0.01");
@@ -526,7 +447,7 @@ static void test_clip_and_stale(void **state) {
         free(r.body);
         agg_update *u;
         size_t n;
-        assert_int_equal(agg_store_pending(store, 10, &u, &n), 0);
+        assert_int_equal(agg_store_pending(agg.store, 10, &u, &n), 0);
         assert_int_equal(n, 1);
         assert_true(fabs(u[0].scale * u[0].norm - 0.01) < 1e-6);
         free(u);
@@ -540,7 +461,7 @@ static void test_clip_and_stale(void **state) {
 }
 
 static void test_status_page(void **state) {
-        reply r = http(base_url, "/", NULL, 0, false, NULL);
+        reply r = http("/", NULL, 0, false, NULL);
         assert_int_equal(r.status, 200);
         assert_non_null(strstr(r.body, "Model version: <strong>2</strong>"));
         assert_non_null(strstr(r.body, "<svg"));
@@ -556,7 +477,7 @@ static void test_rate_limit(void **state) {
         set("RateLimitBurst=2");
         for (int i = 0; i < 40 && r.status != 429; i++) {
                 free(r.body);
-                r = http(base_url, "/v1/task", NULL, 0, false, h);
+                r = http("/v1/task", NULL, 0, false, h);
         }
         assert_int_equal(r.status, 429);
         assert_true(has_error(&r, "rate-limited"));
@@ -878,7 +799,7 @@ static agg_store *chain_store(const char *name, const chain_opts *o, char **ret_
 }
 
 static void chain_put(agg_store *s, int k) {
-        _cleanup_free_ float *d = malloc(lay.n_params * sizeof(float));
+        _cleanup_free_ float *d = malloc(agg.lay.n_params * sizeof(float));
         assert_non_null(d);
         for (int which = 0; which < 2; which++) {
                 agg_update u = { .steps = 10, .loss = 3.5, .scale = 1 };
@@ -888,10 +809,10 @@ static void chain_put(agg_store *s, int k) {
                 size_t size;
                 int pat;
                 chain_update(k, which, &u.base_version, &u.tokens, &pat);
-                for (size_t i = 0; i < lay.n_params; i++)
+                for (size_t i = 0; i < agg.lay.n_params; i++)
                         d[i] = pattern(i, pat);
                 _cleanup_free_ void *body = encode(d, u.base_version, &size);
-                u.norm = agg_l2_norm(d, lay.n_params);
+                u.norm = agg_l2_norm(d, agg.lay.n_params);
                 u.bytes = size;
                 snprintf(u.device, sizeof(u.device), "0123456789abcdef0123456789abcde%d", which);
                 snprintf(key, sizeof(key), "chain-%d-%d", k, which);
@@ -913,12 +834,12 @@ static void chain_delta(int k, double *g) {
                 w[which] =
                         (double) tokens[which] / sqrt(1.0 + tau) / (double) (tokens[0] + tokens[1]);
         }
-        for (size_t j = 0; j < lay.n_params; j++)
+        for (size_t j = 0; j < agg.lay.n_params; j++)
                 g[j] = w[0] * pattern(j, pat[0]) + w[1] * pattern(j, pat[1]);
 }
 
 static void chain_ref_step(const chain_opts *o, chain_ref *r, const double *g) {
-        size_t n = lay.n_params;
+        size_t n = agg.lay.n_params;
 
         if (o->opt == AGG_OPT_FEDADAM) {
                 for (size_t j = 0; j < n; j++) {
@@ -943,7 +864,7 @@ static void chain_ref_step(const chain_opts *o, chain_ref *r, const double *g) {
 }
 
 static void chain_ref_restart(chain_ref *r) {
-        size_t n = lay.n_params;
+        size_t n = agg.lay.n_params;
         if (r->loss == LOSE_ALL || r->loss == LOSE_SECOND)
                 memset(r->a, 0, n * sizeof(double));
         if (r->loss == LOSE_ALL)
@@ -959,7 +880,7 @@ static bool near(double got, double want, double tol) {
 static model *load_version(agg_store *s, const char *dir, uint64_t version, agg_version *ret) {
         model *m;
         assert_int_equal(agg_store_get_version(s, version, ret), 0);
-        assert_int_equal(model_new(&lay.cfg, 1, 1, &m), 0);
+        assert_int_equal(model_new(&agg.lay.cfg, 1, 1, &m), 0);
         assert_int_equal(agg_blob_load_model(dir, ret->blob, m), 0);
         return m;
 }
@@ -967,7 +888,7 @@ static model *load_version(agg_store *s, const char *dir, uint64_t version, agg_
 /* The optimizer state saved with version v, checked against the reference. */
 static void check_state(const chain_opts *o, const char *dir, const agg_version *v,
                         const chain_ref *r) {
-        size_t n = lay.n_params, size;
+        size_t n = agg.lay.n_params, size;
         _cleanup_free_ void *buf = NULL;
         uint32_t count = 0;
 
@@ -994,16 +915,8 @@ static void check_state(const chain_opts *o, const char *dir, const agg_version 
 
 static size_t count_files(const char *dir) {
         _cleanup_free_ char *path = NULL;
-        struct dirent *de;
-        size_t n = 0;
         assert_true(asprintf(&path, "%s/blobs", dir) > 0);
-        DIR *d = opendir(path);
-        assert_non_null(d);
-        while ((de = readdir(d)))
-                if (de->d_name[0] != '.')
-                        n++;
-        closedir(d);
-        return n;
+        return test_count_entries(path);
 }
 
 /* CHAIN_MERGES merges of two updates each (one fresh, one stale) through agg_merge_once on a
@@ -1015,7 +928,7 @@ static void run_chain(const chain_opts *o, const char *name, const chain_loss *l
                       size_t n_losses) {
         _cleanup_free_ char *dir = NULL, *twin_dir = NULL;
         char twin_name[64];
-        size_t n = lay.n_params;
+        size_t n = agg.lay.n_params;
         chain_ref refs[4] = {};
         _cleanup_free_ double *g = malloc(n * sizeof(double));
         agg_store *s, *twin;
@@ -1167,8 +1080,8 @@ static void test_merge_fedadam_restart(void **state) {
 static void test_merge_optimizer_switch(void **state) {
         static const chain_opts o = { .settings = { "ServerOptimizer=fedadam" } };
         _cleanup_free_ char *dir = NULL;
-        _cleanup_free_ double *g = malloc(lay.n_params * sizeof(double));
-        size_t n = lay.n_params, size;
+        _cleanup_free_ double *g = malloc(agg.lay.n_params * sizeof(double));
+        size_t n = agg.lay.n_params, size;
         char err[256];
         agg_version v;
         bool merged;

@@ -4,6 +4,7 @@
 /* Test helpers for files: a scratch directory per test binary and capture of stderr, so
  * tests can assert on the error messages users would read. Include after <cmocka.h>. */
 
+#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,20 @@ static inline char *test_tmp_path(const char *name) {
         char *p;
         assert_true(asprintf(&p, "%s/%s", test_tmpdir, name) > 0);
         return p;
+}
+
+/* How many entries dir holds, not counting those whose names start with '.'. */
+static inline size_t test_count_entries(const char *dir) {
+        struct dirent *de;
+        size_t n = 0;
+        DIR *d = opendir(dir);
+
+        assert_non_null(d);
+        while ((de = readdir(d)))
+                if (de->d_name[0] != '.')
+                        n++;
+        closedir(d);
+        return n;
 }
 
 static int test_capture_saved = -1;

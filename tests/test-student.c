@@ -10,7 +10,6 @@
 #include <cmocka.h>
 
 #include <curl/curl.h>
-#include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
 #include <math.h>
@@ -52,18 +51,9 @@ static char *make_ckpt(const char *name, uint64_t seed, bool with_nan) {
 
 static size_t count_blobs(const char *store) {
         char dir[256];
-        size_t n = 0;
-        struct dirent *de;
-        DIR *d;
 
         snprintf(dir, sizeof(dir), "%s/student/blobs", store);
-        d = opendir(dir);
-        assert_non_null(d);
-        while ((de = readdir(d)))
-                if (de->d_name[0] != '.')
-                        n++;
-        closedir(d);
-        return n;
+        return test_count_entries(dir);
 }
 
 /* The stored blob loads into a model equal, bit for bit, to the published checkpoint. */
