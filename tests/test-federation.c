@@ -227,7 +227,7 @@ static void check_lr_samples(sqlite3 *db) {
                 /* one buffer ahead: K 3, LocalSteps 10, Batch 4 (the default), T 128 */
                 double want = agg_lr_at(&sched, (uint64_t) tokens + 3 * 10 * 4 * 128);
                 printf("device 0 on version %lld: lr %.7g, %.0f steps a round; the schedule at "
-                       "%lld merged tokens: %.7g\n",
+                       "%lld merged tokens + one buffer: %.7g\n",
                        base, lr_samples[i].lr, lr_samples[i].local_steps, tokens, want);
                 if (!(fabs(lr_samples[i].lr - want) <= 1e-6 * want))
                         fail_msg("device 0 trains version %lld at lr %.9g, the task served %.9g",
