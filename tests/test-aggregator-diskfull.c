@@ -13,6 +13,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -437,7 +438,7 @@ static int teardown(void **unused) {
 /* The tmpfs, before cmocka: a machine where it cannot be mounted skips the test. */
 static int mount_store(void) {
         if (geteuid() != 0) {
-                printf("SKIP: mounting a small tmpfs as a full disk needs root\n");
+                printf("skipped: mounting a small tmpfs as a full disk needs root\n");
                 return 77;
         }
         if (test_tmpdir_create("test-aggregator-diskfull") < 0)
@@ -446,7 +447,7 @@ static int mount_store(void) {
         snprintf(filler, sizeof(filler), "%s/filler", store_dir);
         if (mkdir(store_dir, 0750) < 0 ||
             mount("tmpfs", store_dir, "tmpfs", 0, TMPFS_OPTIONS) < 0) {
-                printf("SKIP: cannot mount a tmpfs on %s: %m\n", store_dir);
+                printf("skipped: cannot mount a tmpfs on %s: %m\n", store_dir);
                 test_tmpdir_remove(NULL);
                 return 77;
         }
@@ -462,7 +463,7 @@ int main(void) {
         int r = mount_store();
         if (r != 0)
                 return r;
-        r = cmocka_run_group_tests(tests, setup_or_undo, teardown);
+        r = test_run_group("test-aggregator-diskfull", tests, setup_or_undo, teardown);
         unmount_store();
         return r;
 }

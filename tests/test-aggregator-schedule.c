@@ -10,6 +10,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -436,5 +437,5 @@ int main(void) {
                 cmocka_unit_test(test_served_lr),
                 cmocka_unit_test(test_budget_by_speed),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        return test_run_group("test-aggregator-schedule", tests, setup, teardown);
 }

@@ -11,6 +11,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -1172,5 +1173,5 @@ int main(void) {
                 cmocka_unit_test(test_status_page),
                 cmocka_unit_test(test_rate_limit),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        return test_run_group("test-aggregator", tests, setup, teardown);
 }

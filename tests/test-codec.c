@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <float.h>
@@ -1242,5 +1243,5 @@ int main(void) {
                 cmocka_unit_test(test_peek),
                 cmocka_unit_test(test_fuzz),
         };
-        return cmocka_run_group_tests(tests, NULL, NULL);
+        return test_run_group("test-codec", tests, NULL, NULL);
 }

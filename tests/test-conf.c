@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -961,5 +962,5 @@ int main(void) {
                 cmocka_unit_test(test_override_roundtrip),
         };
 
-        return cmocka_run_group_tests(tests, setup_group, test_tmpdir_remove);
+        return test_run_group("test-conf", tests, setup_group, test_tmpdir_remove);
 }

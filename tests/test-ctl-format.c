@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -325,5 +326,5 @@ int main(void) {
         /* clock times in the expected strings are UTC */
         setenv("TZ", "UTC", 1);
         tzset();
-        return cmocka_run_group_tests(tests, NULL, NULL);
+        return test_run_group("test-ctl-format", tests, NULL, NULL);
 }

@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1244,5 +1245,5 @@ int main(void) {
         };
 
         log_set_max_level(LOG_LEVEL_ERR);
-        return cmocka_run_group_tests(tests, setup_group, test_tmpdir_remove);
+        return test_run_group("test-fedclient", tests, setup_group, test_tmpdir_remove);
 }

@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <string.h>
@@ -57,5 +58,5 @@ int main(void) {
                 cmocka_unit_test(test_vectors),
                 cmocka_unit_test(test_file_and_random),
         };
-        return cmocka_run_group_tests(tests, setup, test_tmpdir_remove);
+        return test_run_group("test-hash", tests, setup, test_tmpdir_remove);
 }

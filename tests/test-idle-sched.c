@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -106,5 +107,5 @@ int main(void) {
                 cmocka_unit_test(test_all_threads_idle),
                 cmocka_unit_test(test_kept_thread_stays_normal),
         };
-        return cmocka_run_group_tests(tests, NULL, NULL);
+        return test_run_group("test-idle-sched", tests, NULL, NULL);
 }

@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -509,5 +510,5 @@ int main(void) {
                 cmocka_unit_test(test_reindex_on_change),
                 cmocka_unit_test(test_no_data),
         };
-        return cmocka_run_group_tests(tests, setup_group, teardown_group);
+        return test_run_group("test-loader", tests, setup_group, teardown_group);
 }

@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <math.h>
 #include <stdbool.h>
@@ -857,5 +858,5 @@ int main(void) {
                 cmocka_unit_test(test_excess_delay),
         };
 
-        return cmocka_run_group_tests(tests, NULL, NULL);
+        return test_run_group("test-policy", tests, NULL, NULL);
 }

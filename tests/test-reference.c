@@ -22,6 +22,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <math.h>
@@ -410,5 +411,5 @@ int main(void) {
                 cmocka_unit_test(test_backward),
                 cmocka_unit_test(test_adamw),
         };
-        return cmocka_run_group_tests(tests, group_setup, group_teardown);
+        return test_run_group("test-reference", tests, group_setup, group_teardown);
 }

@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -952,5 +953,5 @@ int main(void) {
                 cmocka_unit_test(test_write_errors),  cmocka_unit_test(test_fileio),
                 cmocka_unit_test(test_fuzz),
         };
-        return cmocka_run_group_tests(tests, setup_group, test_tmpdir_remove);
+        return test_run_group("test-safetensors", tests, setup_group, test_tmpdir_remove);
 }

@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <math.h>
@@ -173,5 +174,5 @@ int main(void) {
                 cmocka_unit_test(test_seeded_sampling),
                 cmocka_unit_test(test_pick),
         };
-        return cmocka_run_group_tests(tests, setup, NULL);
+        return test_run_group("test-sample", tests, setup, NULL);
 }

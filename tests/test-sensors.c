@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -1170,5 +1171,5 @@ int main(void) {
                 cmocka_unit_test(test_fuzz_regressions),
                 cmocka_unit_test(test_real_machine),
         };
-        return cmocka_run_group_tests(tests, setup_group, test_tmpdir_remove);
+        return test_run_group("test-sensors", tests, setup_group, test_tmpdir_remove);
 }

@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -451,5 +452,5 @@ int main(void) {
                 cmocka_unit_test(test_cover),
                 cmocka_unit_test(test_wire),               cmocka_unit_test(test_host_rejects),
         };
-        return cmocka_run_group_tests(tests, setup, NULL);
+        return test_run_group("test-stage", tests, setup, NULL);
 }

@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <string.h>
@@ -140,5 +141,5 @@ int main(void) {
                 cmocka_unit_test(test_today),
                 cmocka_unit_test(test_state_file),
         };
-        return cmocka_run_group_tests(tests, setup, test_tmpdir_remove);
+        return test_run_group("test-stats", tests, setup, test_tmpdir_remove);
 }

@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -300,5 +301,5 @@ int main(void) {
                 cmocka_unit_test(test_damaged_json),
                 cmocka_unit_test(test_http),
         };
-        return cmocka_run_group_tests(tests, setup, test_tmpdir_remove);
+        return test_run_group("test-student", tests, setup, test_tmpdir_remove);
 }

@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -284,5 +285,5 @@ int main(void) {
                 cmocka_unit_test(test_clipping),    cmocka_unit_test(test_deterministic),
                 cmocka_unit_test(test_threads_agree), cmocka_unit_test(test_learns),
         };
-        return cmocka_run_group_tests(tests, setup, NULL);
+        return test_run_group("test-training", tests, setup, NULL);
 }
