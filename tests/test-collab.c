@@ -9,6 +9,8 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
+#include "test-cpu-group.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -385,5 +387,6 @@ int main(void) {
                 cmocka_unit_test(test_fixed_spans),
                 cmocka_unit_test(test_kill),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        test_cpu_group_enter("collab");
+        return test_run_group("test-collab", tests, setup, teardown);
 }

@@ -25,9 +25,14 @@
 #include <unistd.h>
 
 #include "test-files.h"
+#include "test-run.h"
+#include "test-cpu-group.h"
 #include "daemon-harness.h"
 
-#define TRANSITION_TIMEOUT_S 2.5 /* two sample periods and a margin */
+/* Two sample periods and a margin: the claim, on the daemon's sample clock, so not scaled. */
+#define TRANSITION_TIMEOUT_S 2.5
+/* Resuming waits for an idle window first (IdleWindowSec=2). */
+#define RESUME_TIMEOUT_S 10.0
 
 static pid_t daemon_pid;
 static char *root, *control, *conf, *statedir;
@@ -49,9 +54,11 @@ static long long tokens(void) {
 /* In a child that becomes uid/gid 65534 (nobody), with no supplementary groups: status must
  * work, pause must be refused with EPERM. Exit code: 0 ok, 1 wrong answer, 2 setup. */
 static int as_nobody(void) {
-        pid_t pid = fork();
+        pid_t pid;
         int status;
 
+        fflush(stdout); /* the child flushes its copy of the buffer */
+        pid = fork();
         if (pid == 0) {
                 if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
                         _exit(2);
@@ -133,7 +140,8 @@ static void check_threads(void) {
 
         snprintf(dir, sizeof(dir), "/proc/%d/task", (int) daemon_pid);
         /* the trainer moves library threads to SCHED_IDLE at its first step */
-        for (double t0 = harness_now(); !all_idle && harness_now() - t0 < 10; usleep(50 * 1000)) {
+        for (double t0 = harness_now(); !all_idle && harness_now() - t0 < test_limit_s(10);
+             usleep(50 * 1000)) {
                 DIR *d = opendir(dir);
                 struct dirent *de;
 
@@ -166,7 +174,7 @@ static void test_scenario(void **state) {
         const char *zone = "sys/class/thermal/thermal_zone2/temp";
         double t;
 
-        t = wait_for("running", NULL, 30);
+        t = wait_for("running", NULL, test_limit_s(30));
         printf("started, running after %.1f s\n", t);
         assert_true(t >= 0);
 
@@ -184,7 +192,8 @@ static void test_scenario(void **state) {
                 json_decref(s);
                 if (parked)
                         break;
-                assert_true(harness_now() - t0 < 1.0);
+                /* a layer of tiny takes milliseconds; the limit scales with the build */
+                assert_true(harness_now() - t0 < test_limit_s(1.0));
                 usleep(10 * 1000);
         }
         printf("trainer parked %.0f ms after the pause was seen\n", (harness_now() - t0) * 1e3);
@@ -195,11 +204,12 @@ static void test_scenario(void **state) {
         assert_true(a == b);
 
         harness_write(root, ac, "1\n");
-        t = wait_for("running", NULL, 10);
+        t = wait_for("running", NULL, RESUME_TIMEOUT_S);
         printf("AC back: running after %.2f s\n", t);
         assert_true(t >= 0);
-        usleep(1200 * 1000);
-        assert_true(tokens() > b); /* training moves again */
+        t0 = harness_now();
+        assert_true(harness_wait_int(control, "tokens", b + 1, test_limit_s(5))); /* it moves */
+        printf("training moved again %.2f s after running was seen\n", harness_now() - t0);
 
         harness_write(root, zone, "90000\n");
         t = wait_for("paused", "hot", TRANSITION_TIMEOUT_S);
@@ -209,7 +219,7 @@ static void test_scenario(void **state) {
         usleep(1500 * 1000);
         assert_true(wait_for("paused", "hot", 0.2) >= 0);
         harness_write(root, zone, "60000\n");
-        t = wait_for("running", NULL, 10);
+        t = wait_for("running", NULL, RESUME_TIMEOUT_S);
         printf("zone at 60 C: running after %.2f s\n", t);
         assert_true(t >= 0);
 
@@ -244,7 +254,8 @@ static void test_scenario(void **state) {
                       "[Daemon]\nDataDirectory=/data\nModel=tiny\n");
         kill(daemon_pid, SIGHUP);
         t0 = harness_now();
-        while (harness_status_int(control, "cores") != 1 && harness_now() - t0 < TRANSITION_TIMEOUT_S)
+        while (harness_status_int(control, "cores") != 1 &&
+               harness_now() - t0 < TRANSITION_TIMEOUT_S)
                 usleep(50 * 1000);
         printf("SIGHUP with MaxCores=1: %lld cores -> %lld after %.2f s\n", cores,
                harness_status_int(control, "cores"), harness_now() - t0);
@@ -253,9 +264,6 @@ static void test_scenario(void **state) {
         /* rights: anyone reads, only root and group edged change things */
         if (geteuid() == 0)
                 assert_int_equal(as_nobody(), 0);
-        else
-                printf("not root: cannot become another user, so the EPERM case is not run here "
-                       "(tests/test-control.c covers the refusal itself)\n");
 
         /* a user pause takes effect at once... */
         json_t *ps = request("{\"cmd\":\"pause\"}\n");
@@ -275,7 +283,7 @@ static void test_scenario(void **state) {
 
         /* ...and survives a restart, as does the profile override, until resumed */
         daemon_pid = harness_start(root, conf, statedir, control, NULL, false);
-        t = wait_for("paused", "user-paused", 30);
+        t = wait_for("paused", "user-paused", test_limit_s(30));
         printf("after a restart: paused (user-paused) after %.2f s\n", t);
         assert_true(t >= 0);
         p = request("{\"cmd\":\"profile\"}\n");
@@ -284,14 +292,19 @@ static void test_scenario(void **state) {
         ps = request("{\"cmd\":\"resume\"}\n");
         assert_true(json_is_true(json_object_get(ps, "ok")));
         json_decref(ps);
-        t = wait_for("running", NULL, 10);
+        t = wait_for("running", NULL, RESUME_TIMEOUT_S);
         printf("resumed: running after %.2f s\n", t);
         assert_true(t >= 0);
+        /* as another user, every thread lacks capabilities anyway, and none can be dropped */
+        if (geteuid() != 0)
+                TEST_SKIP("not root: the capability drop and a non-member's EPERM were not "
+                          "checked (everything else was)");
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_scenario),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        test_cpu_group_enter("daemon");
+        return test_run_group("test-daemon", tests, setup, teardown);
 }

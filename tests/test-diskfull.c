@@ -8,6 +8,8 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
+#include "test-cpu-group.h"
 
 #include <errno.h>
 #include <sys/mount.h>
@@ -55,8 +57,8 @@ static void test_disk_full(void **unused) {
         struct statvfs vfs;
         long step_before, step_after;
 
-        assert_true(harness_wait_state(control, "running", NULL, 30) >= 0);
-        assert_true(harness_wait_int(control, "step", 5, 30));
+        assert_true(harness_wait_state(control, "running", NULL, test_limit_s(30)) >= 0);
+        assert_true(harness_wait_int(control, "step", 5, test_limit_s(30)));
         json_t *r = req("{\"cmd\":\"checkpoint-save\"}\n");
         assert_true(json_is_true(json_object_get(r, "ok")));
         json_decref(r);
@@ -132,8 +134,9 @@ int main(void) {
                 cmocka_unit_test(test_disk_full),
         };
         if (geteuid() != 0) {
-                printf("SKIP: mounting a small tmpfs as a full disk needs root\n");
+                printf("skipped: mounting a small tmpfs as a full disk needs root\n");
                 return 77;
         }
-        return cmocka_run_group_tests(tests, setup, teardown);
+        test_cpu_group_enter("diskfull");
+        return test_run_group("test-diskfull", tests, setup, teardown);
 }

@@ -20,12 +20,14 @@
 #include "lr-schedule.h"
 #include "macros.h"
 #include "test-files.h"
+#include "test-run.h"
+#include "test-cpu-group.h"
 #include "daemon-harness.h"
 
 #define N_DEVICES 3
 #define TARGET_VERSION 8
 #define LOSS_MARGIN 1.0 /* nats: version TARGET_VERSION vs version 0 on the held-out text */
-#define TIMEOUT_S 150.0
+#define TIMEOUT_S 150.0 /* a limit: scaled by test_limit_s() */
 #define LICENSES "/usr/share/common-licenses"
 /* The fleet's learning-rate schedule the run sets: LR 0.003, no warmup (the first version's
  * round would learn next to nothing and the loss margin is asked of 8 versions), cosine over
@@ -272,7 +274,7 @@ static void test_federated_run(void **state) {
                 dev_pid[i] = start_device(i);
 
         /* versions advance; one device dies mid-run and comes back */
-        while ((v = latest_version()) < TARGET_VERSION && harness_now() - t0 < TIMEOUT_S) {
+        while ((v = latest_version()) < TARGET_VERSION && harness_now() - t0 < test_limit_s(TIMEOUT_S)) {
                 if (!killed && v >= 2) {
                         harness_stop(dev_pid[1], SIGKILL);
                         printf("version %ld: device 1 killed with SIGKILL, restarting it\n", v);
@@ -402,9 +404,10 @@ int main(void) {
                 cmocka_unit_test(test_federated_run),
         };
         if (access(VALIDATION, R_OK) != 0) {
-                printf("SKIP: %s is missing (Debian's base-files ships it): nothing to hold out\n",
+                printf("skipped: %s is missing (Debian's base-files ships it): nothing to hold out\n",
                        VALIDATION);
                 return 77;
         }
-        return cmocka_run_group_tests(tests, setup, teardown);
+        test_cpu_group_enter("federation");
+        return test_run_group("test-federation", tests, setup, teardown);
 }

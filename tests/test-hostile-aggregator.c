@@ -29,6 +29,8 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
+#include "test-cpu-group.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -1057,7 +1059,7 @@ static void test_hostile_aggregator(void **unused) {
         assert_int_equal(d.base_version, (long long) final);
         assert_true(harness_now() - t2 < 45);
         /* and it trains on */
-        assert_true(harness_wait_int(control, "step", step0 + 5, 30));
+        assert_true(harness_wait_int(control, "step", step0 + 5, test_limit_s(30)));
         d = get_status();
         printf("step %lld, loss %.3f; total %.0f s; VmHWM %lld KiB\n", d.step, d.loss,
                harness_now() - t0, vm_hwm_kib());
@@ -1262,5 +1264,6 @@ int main(void) {
                 cmocka_unit_test(test_hostile_aggregator),
                 cmocka_unit_test(test_first_model_refused),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        test_cpu_group_enter("hostile-aggregator");
+        return test_run_group("test-hostile-aggregator", tests, setup, teardown);
 }

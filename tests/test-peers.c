@@ -8,6 +8,8 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
+#include "test-cpu-group.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -384,5 +386,6 @@ static void test_daemon_announces(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = { cmocka_unit_test(test_peers),
                                             cmocka_unit_test(test_daemon_announces) };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        test_cpu_group_enter("peers");
+        return test_run_group("test-peers", tests, setup, teardown);
 }

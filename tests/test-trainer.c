@@ -6,6 +6,8 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
+#include "test-cpu-group.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -98,7 +100,7 @@ static void test_threads_idle(void **state) {
         size_t n;
 
         trainer_set_cores(t, 2);
-        assert_int_equal(trainer_wait_step(t, 3, 60), 0);
+        assert_int_equal(trainer_wait_step(t, 3, test_limit_s(60)), 0);
         assert_int_equal(trainer_harvester_tids(t, tids, 64, &n), 0);
         printf("threads: %zu besides the event loop's:", n);
         for (size_t i = 0; i < n; i++) {
@@ -150,7 +152,7 @@ static void test_pause_latency(void **state) {
 
         rng_seed(&r, 9);
         trainer_set_cores(t, 2);
-        assert_int_equal(trainer_wait_step(t, 1, 120), 0);
+        assert_int_equal(trainer_wait_step(t, 1, test_limit_s(120)), 0);
         for (int i = 0; i < PAUSES; i++) {
                 trainer_set_cores(t, 2);
                 /* land the pause anywhere inside a step */
@@ -188,7 +190,7 @@ static long run_and_stop(const char *ckpt, long steps) {
 
         trainer_get_stats(t, &st);
         trainer_set_cores(t, 1);
-        assert_int_equal(trainer_wait_step(t, st.step + steps, 60), 0);
+        assert_int_equal(trainer_wait_step(t, st.step + steps, test_limit_s(60)), 0);
         trainer_set_cores(t, 0);
         assert_int_equal(trainer_wait_parked(t, 10, NULL), 0);
         trainer_get_stats(t, &st);
@@ -222,5 +224,6 @@ int main(void) {
                 cmocka_unit_test(test_pause_latency),
                 cmocka_unit_test(test_corrupt_newest_checkpoint),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        test_cpu_group_enter("trainer");
+        return test_run_group("test-trainer", tests, setup, teardown);
 }
