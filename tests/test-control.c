@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -664,10 +665,8 @@ static void test_write_as_root(void **state) {
         conn *c;
         json_t *j;
 
-        if (geteuid() != 0) {
-                print_message("skipped: needs root to know a write command is allowed\n");
-                skip();
-        }
+        if (geteuid() != 0)
+                TEST_SKIP("not root: cannot show a write command allowed");
         c = conn_open(f);
         j = roundtrip(f, c, "{\"cmd\":\"pause\",\"seconds\":600}\n");
         assert_ok(j);
@@ -837,25 +836,21 @@ static void test_unprivileged(void **state) {
         uid_t uid;
         gid_t gid;
 
-        if (geteuid() != 0) {
-                print_message("skipped: needs root to create a user and switch to it\n");
-                skip();
-        }
+        if (geteuid() != 0)
+                TEST_SKIP("not root: cannot create a user and switch to it");
         if (!created_user) {
                 /* no useradd: nobody still shows the read-only path */
                 pw = getpwnam("nobody");
-                if (!pw) {
-                        print_message("skipped: cannot create a test user (useradd failed or "
-                                      "missing) and there is no 'nobody'\n");
-                        skip();
-                }
-                print_message("note: useradd unavailable; testing as nobody, group cases "
-                              "skipped\n");
+                if (!pw)
+                        TEST_SKIP("cannot create a test user (useradd failed or "
+                                  "missing) and there is no 'nobody'");
                 uid = pw->pw_uid;
                 gid = pw->pw_gid;
                 server_start(f, NULL);
                 run_as(f, uid, gid, 0, NULL, false, CONTROL_DEFAULT_GROUP);
-                return;
+                /* the read-only path passed as nobody; the group cases did not run */
+                TEST_SKIP("cannot create a test user (useradd failed or missing): "
+                          "the write-group cases did not run");
         }
         pw = getpwnam(test_user);
         gm = getgrnam(test_group_member);
@@ -913,5 +908,5 @@ int main(void) {
 
         /* EPERM warnings are expected here; keep the output to the summary */
         log_set_max_level(LOG_LEVEL_ERR);
-        return cmocka_run_group_tests(tests, NULL, NULL);
+        return test_run_group("test-control", tests, NULL, NULL);
 }

@@ -9,6 +9,8 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
+#include "test-cpu-group.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,10 +33,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "blas.h"
 #include "macros.h"
 #include "test-files.h"
 
-#define TRANSITION_TIMEOUT_S 2.5 /* two sample periods and a margin */
+/* two sample periods and a margin; this and every time limit below go through test_limit_s() */
+#define TRANSITION_TIMEOUT_S 2.5
 
 static pid_t daemon_pid;
 static time_t daemon_started; /* wall clock, for the stats' spans */
@@ -161,7 +165,8 @@ static json_t *status_json(void) {
         return ctl_json("--json", "status", (char *) NULL);
 }
 
-/* Polls status until state (and reason, unless NULL) match; the seconds it took, or -1. */
+/* Polls status until state (and reason, unless NULL) match, for at most timeout_s (scaled);
+ * the seconds it took, or -1. */
 static double wait_for(const char *state, const char *reason, double timeout_s) {
         double t0 = now_s();
         do {
@@ -180,7 +185,7 @@ static double wait_for(const char *state, const char *reason, double timeout_s) 
                 }
                 free(out);
                 usleep(100 * 1000);
-        } while (now_s() - t0 < timeout_s);
+        } while (now_s() - t0 < test_limit_s(timeout_s));
         return -1;
 }
 
@@ -200,7 +205,7 @@ static void start_daemon(void) {
         /* listening: status answers (exit 0); bounded */
         double t0 = now_s();
         while (ctl(NULL, NULL, "status", (char *) NULL) != 0) {
-                assert_true(now_s() - t0 < 20);
+                assert_true(now_s() - t0 < test_limit_s(20));
                 usleep(100 * 1000);
         }
 }
@@ -413,6 +418,135 @@ static int check_status(json_t *s) {
         return bad;
 }
 
+/* ---- exact values: the laptop-ac fixture and this test's setup ---- */
+
+static json_t *member(json_t *o, const char *path) {
+        char buf[64], *dot;
+        snprintf(buf, sizeof(buf), "%s", path);
+        dot = strchr(buf, '.');
+        if (dot) {
+                *dot = 0;
+                return json_object_get(json_object_get(o, buf), dot + 1);
+        }
+        return json_object_get(o, buf);
+}
+
+/* Each prints a mismatch and returns 1 for it. want: a JSON value compared exactly. */
+static int expect_json(json_t *s, const char *path, json_t *want) {
+        json_t *v = member(s, path);
+        int bad = !v || !json_equal(v, want);
+        if (bad) {
+                char *got = v ? json_dumps(v, JSON_ENCODE_ANY) : NULL;
+                char *exp = json_dumps(want, JSON_ENCODE_ANY);
+                printf("  status: \"%s\" = %s, expected %s\n", path, got ?: "(missing)", exp);
+                free(got);
+                free(exp);
+        }
+        json_decref(want);
+        return bad;
+}
+
+static int expect_num(json_t *s, const char *path, double lo, double hi) {
+        json_t *v = member(s, path);
+        double x = json_is_number(v) ? json_number_value(v) : NAN;
+        if (x >= lo && x <= hi)
+                return 0;
+        printf("  status: \"%s\" = %g, expected in [%.17g, %.17g]\n", path, x, lo, hi);
+        return 1;
+}
+
+static bool same_local_day(time_t a, time_t b) {
+        struct tm ta, tb;
+        localtime_r(&a, &ta);
+        localtime_r(&b, &tb);
+        return ta.tm_year == tb.tm_year && ta.tm_yday == tb.tm_yday;
+}
+
+/* Tokens per step: daemon/manager.c trains BATCH 4 sequences of tiny's block size, 128. */
+#define TOKENS_PER_STEP (4 * 128)
+/* A fresh tiny model predicts ~uniformly over 256 bytes: loss ln 256 = 5.545, falling. */
+#define LOSS_MAX (5.545 + 0.1)
+
+/* Everything status says that the fixture fixes (tests/fixtures/sysfs/README.md: thermal
+ * 48.0 and 52.5 counted, AC online, BAT0 at 87 %, 4 CPUs; its /proc/stat never advances, so
+ * no tick elapses and idle is 100 %, all 4 cores free) or this test set up (one data file,
+ * Model=tiny, standalone, no pause); what moves with time against a second source. */
+static int check_status_exact(json_t *s) {
+        char *why = NULL, *data_dir = NULL, *text = NULL, *cmd = NULL, line[128] = "";
+        struct stat st;
+        int bad = 0;
+
+        assert_true(asprintf(&why, "reading a fake root (%s)", root) > 0);
+        assert_true(asprintf(&data_dir, "%s/data", root) > 0);
+        assert_true(asprintf(&text, "%s/data/text.txt", root) > 0);
+        assert_int_equal(stat(text, &st), 0);
+
+        bad += expect_json(s, "max_temp_c", json_real(52.5));
+        bad += expect_json(s, "on_ac", json_true());
+        bad += expect_num(s, "battery_pct", 87.0 - 1e-9, 87.0 + 1e-9);
+        bad += expect_json(s, "cores", json_integer(4));
+        bad += expect_json(s, "idle_pct", json_real(100.0));
+        bad += expect_json(s, "cpu_source", json_string("procfs"));
+        bad += expect_json(s, "cpu_source_why", json_string(why));
+        bad += expect_json(s, "foreground_delay_ms_per_s", json_null());
+        bad += expect_json(s, "paused_until", json_null());
+        bad += expect_json(s, "trainer_parked", json_false());
+        bad += expect_json(s, "profile", json_string("balanced"));
+        bad += expect_json(s, "model", json_string("tiny"));
+        bad += expect_json(s, "model_version", json_integer(0));
+        bad += expect_json(s, "data.directory", json_string(data_dir));
+        bad += expect_json(s, "data.files", json_integer(1));
+        bad += expect_json(s, "data.bytes", json_integer((json_int_t) st.st_size));
+        bad += expect_json(s, "data.skipped", json_integer(0));
+        bad += expect_json(s, "data.vanished", json_integer(0));
+        bad += expect_json(s, "data.reindexes", json_integer(0));
+        bad += expect_json(s, "aggregator.state", json_string("standalone"));
+        bad += expect_json(s, "aggregator.url", json_null());
+        bad += expect_json(s, "aggregator.pending_updates", json_integer(0));
+
+        /* the daemon's version is what its binary says; its BLAS kernel what OpenBLAS detects
+         * here too, unless the environment chose one */
+        assert_true(asprintf(&cmd, "'%s' --version", edged_bin) > 0);
+        FILE *p = popen(cmd, "re");
+        assert_non_null(p);
+        assert_non_null(fgets(line, sizeof(line), p));
+        pclose(p);
+        line[strcspn(line, "\n")] = 0;
+        assert_true(strncmp(line, "edged ", 6) == 0);
+        bad += expect_json(s, "version", json_string(line + 6));
+        if (!getenv("OPENBLAS_CORETYPE") && !getenv("EDGED_BLAS_CORETYPE"))
+                bad += expect_json(s, "blas_kernel", json_string(blas_kernel()));
+
+        /* training: at least one step (loss is a number), every step the same tokens */
+        json_int_t step = json_integer_value(member(s, "step"));
+        json_int_t tokens = json_integer_value(member(s, "tokens"));
+        bad += expect_num(s, "step", 1, 1e9);
+        bad += expect_json(s, "tokens", json_integer(step * TOKENS_PER_STEP));
+        /* one sample period's tokens over its length (1 s; half of it as the margin) */
+        bad += expect_num(s, "tokens_per_s", 0, (double) tokens / 0.5);
+        bad += expect_num(s, "loss", 1e-3, LOSS_MAX);
+        if (!json_is_null(member(s, "val_loss")))
+                bad += expect_num(s, "val_loss", 1e-3, LOSS_MAX);
+        if (!json_is_null(member(s, "data.wait_pct")))
+                bad += expect_num(s, "data.wait_pct", 0, 100);
+        /* harvested CPU time: at most every CPU here for as long as the daemon ran (whole
+         * seconds, hence the 1); a fresh state directory, so today's is all of it unless
+         * midnight passed */
+        double ran_s = (double) (time(NULL) - daemon_started) + 1.0;
+        double total = json_number_value(member(s, "core_seconds_total"));
+        bad += expect_num(s, "core_seconds_total", 0,
+                          (double) sysconf(_SC_NPROCESSORS_ONLN) * ran_s);
+        if (same_local_day(daemon_started, time(NULL)))
+                bad += expect_num(s, "core_seconds_today", total, total);
+        else
+                bad += expect_num(s, "core_seconds_today", 0, total);
+        free(why);
+        free(data_dir);
+        free(text);
+        free(cmd);
+        return bad;
+}
+
 static bool contains(const char *haystack, const char *needle) {
         bool r = haystack && strstr(haystack, needle);
         if (!r)
@@ -440,8 +574,7 @@ static bool have_write_rights(void) {
 static void need_write_rights(void) {
         if (have_write_rights())
                 return;
-        printf("not root and not in group edged: edged refuses this case's changes, skipping\n");
-        skip();
+        TEST_SKIP("not root and not in group edged: edged refuses the cases' changes");
 }
 
 /* ---- tests ---- */
@@ -544,11 +677,29 @@ static void test_status(void **state) {
 
         printf("running after %.1f s\n", t);
         assert_true(t >= 0);
+        /* the trainer runs at SCHED_IDLE: its first step waits for a free CPU */
+        double t0 = now_s();
+        json_int_t step = 0;
+        while (step < 1 && now_s() - t0 < test_limit_s(30)) {
+                json_t *j = status_json();
+                step = json_integer_value(json_object_get(j, "step"));
+                json_decref(j);
+                if (step < 1)
+                        usleep(100 * 1000);
+        }
+        printf("first step after %.1f s more\n", now_s() - t0);
+        assert_true(step >= 1);
         usleep(1200 * 1000); /* a sample period of training: tokens/s and loss are known */
 
         json_t *s = status_json();
         int bad = check_status(s);
         printf("status --json: %d field(s) do not match the protocol\n", bad);
+        char *dump = json_dumps(s, JSON_COMPACT);
+        printf("%s\n", dump);
+        free(dump);
+        int wrong = check_status_exact(s);
+        printf("status --json: %d value(s) differ from the fixture's and the setup's\n", wrong);
+        assert_int_equal(wrong, 0);
         assert_string_equal(json_string_value(json_object_get(s, "state")), "running");
         assert_string_equal(json_string_value(json_object_get(s, "reason")), "none");
         assert_true(json_integer_value(json_object_get(s, "cores")) >= 1);
@@ -723,7 +874,7 @@ static void test_profile_policy(void **state) {
                 json_decref(j);
                 if (c <= 1)
                         break;
-                assert_true(now_s() - t0 < TRANSITION_TIMEOUT_S);
+                assert_true(now_s() - t0 < test_limit_s(TRANSITION_TIMEOUT_S));
                 usleep(100 * 1000);
         }
 
@@ -863,7 +1014,7 @@ static void test_watch(void **state) {
         utf8_locale = false;
         double took = now_s() - t0;
         printf("watch --count 3 took %.2f s\n", took);
-        assert_true(took >= 1.8 && took < 10); /* a refresh every second */
+        assert_true(took >= 1.8 && took < test_limit_s(10)); /* a refresh every second */
         /* three frames, each the status and two sparklines */
         const char *p = out;
         int frames = 0;
@@ -918,8 +1069,7 @@ static void watch_on_pty(const char *key, bool no_color) {
         pid_t pid = forkpty(&master, NULL, NULL, NULL);
         if (pid < 0 && (errno == ENOENT || errno == ENODEV || errno == ENXIO)) {
                 /* a chroot without /dev/pts, a container without ptys */
-                printf("SKIP: edgectl watch on a terminal: no pseudo-terminal here (forkpty: %m)\n");
-                skip();
+                TEST_SKIP("edgectl watch on a terminal: no pseudo-terminal here (forkpty: %m)");
         }
         assert_true(pid >= 0);
         if (pid == 0) {
@@ -937,7 +1087,7 @@ static void watch_on_pty(const char *key, bool no_color) {
         buf[0] = 0;
         for (;;) {
                 struct pollfd pfd = { .fd = master, .events = POLLIN };
-                assert_true(now_s() - t0 < 10);
+                assert_true(now_s() - t0 < test_limit_s(10));
                 if (poll(&pfd, 1, 100) > 0) {
                         ssize_t k = read(master, buf + n, sizeof(buf) - 1 - n);
                         if (k <= 0)
@@ -1040,6 +1190,7 @@ static void test_sample_quant(void **state) {
         static const char *const kinds[] = { "int8", "int4" };
         char *out = NULL, *err = NULL;
 
+        need_write_rights(); /* it pauses training */
         assert_int_equal(ctl(&out, &err, "pause", (char *) NULL), 0);
         free(out);
         free(err);
@@ -1173,8 +1324,7 @@ static void test_permission(void **state) {
         struct passwd *pw;
 
         if (geteuid() != 0) {
-                printf("not root: cannot run edgectl as another user, skipping the exit-4 case\n");
-                skip();
+                TEST_SKIP("not root: cannot run edgectl as another user for the exit-4 case");
         }
         pw = getpwnam("nobody");
         if (!pw) {
@@ -1299,5 +1449,6 @@ int main(void) {
                 cmocka_unit_test(test_checkpoint),     cmocka_unit_test(test_permission),
                 cmocka_unit_test(test_restart_persists),
         };
-        return cmocka_run_group_tests(tests, group_setup, teardown);
+        test_cpu_group_enter("edgectl");
+        return test_run_group("test-edgectl", tests, group_setup, teardown);
 }

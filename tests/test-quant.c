@@ -3,13 +3,17 @@
  * the float original, SIMD kernels bit-identical to the portable ones on random and extreme
  * codes (and both close to a float64 product), quantized logits near the float model's on
  * the PyTorch fixture's model and bytes, deterministic generation, the file round trip and
- * corrupt files refused. */
+ * corrupt files refused; and the kernels this CPU should run are the ones that run. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include "test-run.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -240,6 +244,34 @@ static void test_simd_matches_portable(void **state) {
         }
         printf("quant: %s and portable kernels bit-identical on %zu shapes x 3 kinds\n",
                quant_simd_name(), ARRAY_SIZE(shapes));
+}
+
+/* What quant.h promises: AVX2 (with F16C, for the int4 scales) on an x86-64 that has both,
+ * NEON on aarch64, the portable C elsewhere. Asked of the CPU here, not of kernels/quant.c, so
+ * that a dispatch falling back to the portable kernels unnoticed fails: the bit-identity above
+ * would pass with the portable kernels on both sides. */
+static const char *expected_kernels(void) {
+#if defined(__x86_64__)
+        unsigned a, b, c = 0, d;
+        __builtin_cpu_init();
+        bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+        return __builtin_cpu_supports("avx2") && f16c ? "avx2" : "portable";
+#elif defined(__aarch64__)
+        return "neon";
+#else
+        return "portable";
+#endif
+}
+
+static void test_kernels_expected(void **state) {
+        const char *want = expected_kernels();
+
+        printf("quant: kernels in use: %s, expected on this CPU: %s\n", quant_simd_name(), want);
+        assert_string_equal(quant_simd_name(), want);
+        bool was = quant_force_portable(true);
+        assert_string_equal(quant_simd_name(), "portable");
+        quant_force_portable(was);
+        assert_string_equal(quant_simd_name(), want);
 }
 
 /* Sets the code of weight (i, j): a signed byte, or the nibble q + 8 at byte j % 16 of its
@@ -560,6 +592,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_f16),
                 cmocka_unit_test(test_error_bounds),
+                cmocka_unit_test(test_kernels_expected),
                 cmocka_unit_test(test_simd_matches_portable),
                 cmocka_unit_test(test_adversarial_exact),
                 cmocka_unit_test(test_logits_vs_fp32),
@@ -567,5 +600,5 @@ int main(void) {
                 cmocka_unit_test(test_file_roundtrip),
                 cmocka_unit_test(test_corrupt_refused),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        return test_run_group("test-quant", tests, setup, teardown);
 }
