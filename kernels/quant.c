@@ -49,15 +49,26 @@ static bool have_avx2(void) {
 }
 #endif
 
-const char *quant_simd_name(void) {
+/* The one decision every kernel below dispatches on; the name reports it, so a test of the
+ * name tests the dispatch. */
+static bool use_simd(void) {
 #if QUANT_AVX2
-        if (!force_portable && have_avx2())
-                return "avx2";
+        return !force_portable && have_avx2();
 #elif QUANT_NEON
-        if (!force_portable)
-                return "neon";
+        return !force_portable;
+#else
+        return false;
 #endif
-        return "portable";
+}
+
+const char *quant_simd_name(void) {
+        if (!use_simd())
+                return "portable";
+#if QUANT_AVX2
+        return "avx2";
+#else
+        return "neon";
+#endif
 }
 
 /* ---- binary16 ---- */
@@ -790,15 +801,6 @@ static void matvec_int_neon(const quant_matrix *m, const quant_acts *a, const fl
 
 /* ---- dispatch ---- */
 
-static bool use_simd(void) {
-#if QUANT_AVX2
-        return !force_portable && have_avx2();
-#elif QUANT_NEON
-        return !force_portable;
-#else
-        return false;
-#endif
-}
 
 void quant_acts_set(quant_acts *a, const float *x, int n, quant_kind kind) {
 #if QUANT_AVX2
