@@ -96,6 +96,7 @@ static inline int test_cpu_group_enter(const char *name) {
         }
         test_cpu_group_dir[0] = '\0';
         printf("cpu group: none (%s): under load the daemons' SCHED_IDLE training may starve\n",
-               strerror(-r));
+               r == -ENOENT ? "no writable cgroup v2 tree or v1 cpu controller under /sys/fs/cgroup"
+                            : strerror(-r));
         return r;
 }
