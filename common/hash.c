@@ -29,29 +29,55 @@ void hash_sha256_hex(const void *data, size_t size, char out[HASH_SHA256_HEX]) {
         hash_hex(d, sizeof(d), out);
 }
 
-int hash_sha256_file_hex(const char *path, char out[HASH_SHA256_HEX]) {
-        uint8_t buf[1 << 16], d[HASH_SHA256_LEN];
+/* The OpenSSL context is the opaque type. */
+int hash_sha256_begin(hash_sha256_ctx **ret) {
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+
+        if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) {
+                EVP_MD_CTX_free(ctx);
+                *ret = NULL;
+                return -ENOMEM;
+        }
+        *ret = (hash_sha256_ctx *) ctx;
+        return 0;
+}
+
+void hash_sha256_update(hash_sha256_ctx *ctx, const void *data, size_t size) {
+        EVP_DigestUpdate((EVP_MD_CTX *) ctx, data, size);
+}
+
+void hash_sha256_end_hex(hash_sha256_ctx *ctx, char out[HASH_SHA256_HEX]) {
+        uint8_t d[HASH_SHA256_LEN];
         unsigned int len = 0;
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY), r = 0;
-        EVP_MD_CTX *ctx;
+
+        EVP_DigestFinal_ex((EVP_MD_CTX *) ctx, d, &len);
+        EVP_MD_CTX_free((EVP_MD_CTX *) ctx);
+        hash_hex(d, sizeof(d), out);
+}
+
+int hash_sha256_file_hex(const char *path, char out[HASH_SHA256_HEX]) {
+        uint8_t buf[1 << 16];
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY), r;
+        hash_sha256_ctx *ctx;
         ssize_t n;
 
         if (fd < 0)
                 return -errno;
-        ctx = EVP_MD_CTX_new();
-        if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL))
-                r = -ENOMEM;
+        r = hash_sha256_begin(&ctx);
         while (r == 0 && (n = read(fd, buf, sizeof(buf))) != 0) {
                 if (n < 0) {
                         if (errno != EINTR)
                                 r = -errno;
                         continue;
                 }
-                EVP_DigestUpdate(ctx, buf, (size_t) n);
+                hash_sha256_update(ctx, buf, (size_t) n);
         }
-        if (r == 0 && EVP_DigestFinal_ex(ctx, d, &len))
-                hash_hex(d, sizeof(d), out);
-        EVP_MD_CTX_free(ctx);
+        if (ctx) {
+                char hex[HASH_SHA256_HEX];
+                hash_sha256_end_hex(ctx, hex);
+                if (r == 0)
+                        memcpy(out, hex, sizeof(hex));
+        }
         close(fd);
         return r;
 }

@@ -15,6 +15,11 @@ void hash_sha256(const void *data, size_t size, uint8_t out[HASH_SHA256_LEN]);
 void hash_hex(const void *data, size_t size, char *out);
 /* SHA-256 of data as lowercase hex. */
 void hash_sha256_hex(const void *data, size_t size, char out[HASH_SHA256_HEX]);
+/* SHA-256 over pieces: begin, update any number of times, end (which frees). */
+typedef struct hash_sha256_ctx hash_sha256_ctx;
+int hash_sha256_begin(hash_sha256_ctx **ret); /* -ENOMEM */
+void hash_sha256_update(hash_sha256_ctx *ctx, const void *data, size_t size);
+void hash_sha256_end_hex(hash_sha256_ctx *ctx, char out[HASH_SHA256_HEX]);
 /* SHA-256 of a whole file, streamed, as lowercase hex; -errno on I/O errors. */
 int hash_sha256_file_hex(const char *path, char out[HASH_SHA256_HEX]);
 /* n_bytes random bytes as 2*n_bytes hex chars + NUL into out (getrandom). -errno. */
