@@ -11,11 +11,33 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hash.h"
 #include "log.h"
 #include "macros.h"
 #include "safetensors.h"
 
 #define N_META 10
+
+/* The fields meta_sha256 covers, as "key=value\n" lines in this order (checkpoint.h). */
+static const char *const sum_keys[] = { "format",        "config", "block_size", "n_embd",
+                                        "n_layer",       "n_head", "step",       "data_cursor",
+                                        "model_version", "adam_t", "data_sha256" };
+
+static int meta_digest(const char *const values[ARRAY_SIZE(sum_keys)], char out[HASH_SHA256_HEX]) {
+        hash_sha256_ctx *ctx;
+        int r = hash_sha256_begin(&ctx);
+
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < ARRAY_SIZE(sum_keys); i++) {
+                hash_sha256_update(ctx, sum_keys[i], strlen(sum_keys[i]));
+                hash_sha256_update(ctx, "=", 1);
+                hash_sha256_update(ctx, values[i], strlen(values[i]));
+                hash_sha256_update(ctx, "\n", 1);
+        }
+        hash_sha256_end_hex(ctx, out);
+        return 0;
+}
 
 int ckpt_save(const char *path, const model *m, const adamw_state *opt, const ckpt_state *st) {
         const model_layout *lay = &m->layout;
@@ -56,12 +78,28 @@ int ckpt_save(const char *path, const model *m, const adamw_state *opt, const ck
         snprintf(num[5], sizeof(num[5]), "%" PRIu64, st->data_cursor);
         snprintf(num[6], sizeof(num[6]), "%" PRIu64, st->model_version);
         snprintf(num[7], sizeof(num[7]), "%ld", opt ? opt->t : 0L);
-        const st_meta meta[] = {
-                { "format", CKPT_FORMAT }, { "config", cfg->name },   { "block_size", num[0] },
-                { "n_embd", num[1] },      { "n_layer", num[2] },     { "n_head", num[3] },
-                { "step", num[4] },        { "data_cursor", num[5] }, { "model_version", num[6] },
-                { "adam_t", num[7] },
+
+        /* st_write lays the data out in t's order, so this is the data section's hash */
+        char data_sum[HASH_SHA256_HEX], meta_sum[HASH_SHA256_HEX];
+        hash_sha256_ctx *ctx;
+        int r = hash_sha256_begin(&ctx);
+        if (r < 0)
+                return log_error_errno(r, "%s: cannot hash the checkpoint: %m", path);
+        for (size_t i = 0; i < n; i++)
+                hash_sha256_update(ctx, t[i].data, t[i].nbytes);
+        hash_sha256_end_hex(ctx, data_sum);
+
+        const char *const values[ARRAY_SIZE(sum_keys)] = {
+                CKPT_FORMAT, cfg->name, num[0], num[1], num[2],   num[3],
+                num[4],      num[5],    num[6], num[7], data_sum,
         };
+        st_meta meta[ARRAY_SIZE(sum_keys) + 1];
+        r = meta_digest(values, meta_sum);
+        if (r < 0)
+                return log_error_errno(r, "%s: cannot hash the checkpoint: %m", path);
+        for (size_t i = 0; i < ARRAY_SIZE(sum_keys); i++)
+                meta[i] = (st_meta){ sum_keys[i], values[i] };
+        meta[ARRAY_SIZE(sum_keys)] = (st_meta){ "meta_sha256", meta_sum };
         return st_write(path, t, n, meta, ARRAY_SIZE(meta));
 }
 
@@ -122,7 +160,7 @@ int ckpt_read_config(const char *path, model_config *ret_cfg) {
         return r;
 }
 
-/* The tensor must exist as F32 with exactly the view's shape and hold only finite values. */
+/* The tensor must exist as F32 with exactly the view's shape. */
 static int check_tensor(const st_file *f, const char *name, const model_view *v,
                         const st_tensor **ret) {
         const st_tensor *t = st_find(f, name);
@@ -146,15 +184,66 @@ static int check_tensor(const st_file *f, const char *name, const model_view *v,
                 return log_error_errno(EBADMSG, "%s: tensor '%s' has shape [%s], expected [%s]",
                                        st_source(f), name, got, expected);
         }
-        for (size_t i = 0; i < v->numel; i++) {
+        *ret = t;
+        return 0;
+}
+
+static int check_finite(const st_file *f, const st_tensor *t, size_t numel) {
+        for (size_t i = 0; i < numel; i++) {
                 float x;
                 memcpy(&x, (const char *) t->data + i * sizeof(float), sizeof(float));
                 if (!isfinite(x))
                         return log_error_errno(
                                 EBADMSG, "%s: tensor '%s' holds a non-finite value at element %zu",
-                                st_source(f), name, i);
+                                st_source(f), t->name, i);
         }
-        *ret = t;
+        return 0;
+}
+
+/* Checks data_sha256 and meta_sha256 (checkpoint.h). Files from before them have neither and
+ * pass; one without the other is refused. found[k][i] are the view's tensors in the order
+ * ckpt_save writes them (moments NULL when the file has none). */
+static int check_sums(const st_file *f, const st_tensor *found[3][MODEL_MAX_VIEWS],
+                      size_t n_views) {
+        const char *data_want = st_meta_get(f, "data_sha256");
+        const char *meta_want = st_meta_get(f, "meta_sha256");
+        const char *values[ARRAY_SIZE(sum_keys)];
+        char got[HASH_SHA256_HEX];
+        hash_sha256_ctx *ctx;
+        int r;
+
+        if (!data_want && !meta_want) {
+                log_debug("%s: no checksums (written by an older edged)", st_source(f));
+                return 0;
+        }
+        for (size_t i = 0; i < ARRAY_SIZE(sum_keys); i++)
+                if (!(values[i] = st_meta_get(f, sum_keys[i])))
+                        return log_error_errno(EBADMSG, "%s: metadata field '%s' missing",
+                                               st_source(f), sum_keys[i]);
+        if (!meta_want)
+                return log_error_errno(EBADMSG, "%s: metadata field 'meta_sha256' missing",
+                                       st_source(f));
+        r = meta_digest(values, got);
+        if (r < 0)
+                return log_error_errno(r, "%s: cannot hash the checkpoint: %m", st_source(f));
+        if (strcmp(got, meta_want) != 0)
+                return log_error_errno(EBADMSG,
+                                       "%s: metadata checksum does not match: meta_sha256 is "
+                                       "'%s', the fields hash to %s",
+                                       st_source(f), meta_want, got);
+        r = hash_sha256_begin(&ctx);
+        if (r < 0)
+                return log_error_errno(r, "%s: cannot hash the checkpoint: %m", st_source(f));
+        for (size_t i = 0; i < n_views; i++)
+                for (int k = 0; k < 3; k++)
+                        if (found[k][i])
+                                hash_sha256_update(ctx, found[k][i]->data, found[k][i]->nbytes);
+        hash_sha256_end_hex(ctx, got);
+        if (strcmp(got, data_want) != 0)
+                return log_error_errno(EBADMSG,
+                                       "%s: data checksum does not match: data_sha256 is '%s', "
+                                       "the tensors hash to %s",
+                                       st_source(f), data_want, got);
         return 0;
 }
 
@@ -188,6 +277,7 @@ int ckpt_load(const char *path, model *m, adamw_state *opt, ckpt_state *ret_stat
             (r = meta_u64(f, "adam_t", INT64_MAX, &adam_t)) < 0)
                 goto out;
 
+        bool summed = st_meta_get(f, "data_sha256") || st_meta_get(f, "meta_sha256");
         for (size_t i = 0; i < lay->n_views; i++) {
                 const model_view *v = &lay->views[i];
                 char name[MODEL_NAME_MAX + 16];
@@ -195,13 +285,25 @@ int ckpt_load(const char *path, model *m, adamw_state *opt, ckpt_state *ret_stat
                 r = check_tensor(f, v->name, v, &found[0][i]);
                 if (r < 0)
                         goto out;
-                for (int k = 1; opt && k < 3; k++) {
+                for (int k = 1; k < 3; k++) {
                         snprintf(name, sizeof(name), "optim.%c.%s", k == 1 ? 'm' : 'v', v->name);
-                        r = check_tensor(f, name, v, &found[k][i]);
+                        if (opt) {
+                                r = check_tensor(f, name, v, &found[k][i]);
+                                if (r < 0)
+                                        goto out;
+                        } else /* not loaded, but part of what data_sha256 covers */
+                                found[k][i] = summed ? st_find(f, name) : NULL;
+                }
+        }
+        r = check_sums(f, found, lay->n_views);
+        if (r < 0)
+                goto out;
+        for (size_t i = 0; i < lay->n_views; i++)
+                for (int k = 0; k < (opt ? 3 : 1); k++) {
+                        r = check_finite(f, found[k][i], lay->views[i].numel);
                         if (r < 0)
                                 goto out;
                 }
-        }
 
         /* all valid: only now touch the caller's state */
         for (size_t i = 0; i < lay->n_views; i++) {
