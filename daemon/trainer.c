@@ -184,6 +184,8 @@ static int resume(trainer *t) {
         if (c->checkpoint) {
                 remove_leftovers(c->checkpoint);
                 r = load_or_quarantine(t, c->checkpoint);
+                if (r >= 0)
+                        log_info("resumed from %s at step %ld", c->checkpoint, t->cs.step);
                 if (r != -ENOENT)
                         return r;
                 prev = with_suffix(c->checkpoint, ".prev");
