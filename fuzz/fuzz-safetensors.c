@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* safetensors: st_parse on the raw bytes, every accessor on what it accepts (reading each
  * tensor's data, which must lie inside the buffer), then the checkpoint readers on the same
- * bytes as a file (a memfd), against a tiny model. */
+ * bytes as a file (a memfd), against a tiny model and a micro one (T=8 C=8 L=1 H=2): a
+ * whole micro checkpoint fits the input cap, so the checksum and value checks are reached
+ * (fuzz/gen-seeds.c writes one). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +16,8 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
-static model *tiny;
-static adamw_state opt;
+static model *tiny, *micro;
+static adamw_state opt, micro_opt;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
         model_config cfg;
@@ -26,6 +28,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
                 abort();
         adamw_hparams_default(&hp);
         if (adamw_new(tiny->layout.n_params, &hp, &opt) < 0)
+                abort();
+        cfg = (model_config){
+                .name = "custom", .block_size = 8, .n_embd = 8, .n_layer = 1, .n_head = 2
+        };
+        if (model_new(&cfg, 1, 1, &micro) < 0 ||
+            adamw_new(micro->layout.n_params, &hp, &micro_opt) < 0)
                 abort();
         return 0;
 }
@@ -68,6 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         (void) ckpt_read_config(path, &cfg);
         (void) ckpt_read_step(path, &step);
         (void) ckpt_load(path, tiny, &opt, &st);
+        (void) ckpt_load(path, micro, &micro_opt, &st);
         close(fd);
         free(buf);
         return 0;

@@ -10,6 +10,7 @@
 
 #include <zstd.h>
 
+#include "checkpoint.h"
 #include "safetensors.h"
 #include "update-codec.h"
 
@@ -49,15 +50,28 @@ static int gen_safetensors(const char *corpus) {
         static const int32_t idx[3] = { 7, 8, 9 };
         static const uint8_t bytes[5] = "abcde";
         const st_tensor t[] = {
-                { .name = "w", .dtype = ST_F32, .ndim = 2, .shape = { 2, 3 }, .data = w,
+                { .name = "w",
+                  .dtype = ST_F32,
+                  .ndim = 2,
+                  .shape = { 2, 3 },
+                  .data = w,
                   .nbytes = sizeof(w) },
-                { .name = "idx", .dtype = ST_I32, .ndim = 1, .shape = { 3 }, .data = idx,
+                { .name = "idx",
+                  .dtype = ST_I32,
+                  .ndim = 1,
+                  .shape = { 3 },
+                  .data = idx,
                   .nbytes = sizeof(idx) },
-                { .name = "b", .dtype = ST_U8, .ndim = 1, .shape = { 5 }, .data = bytes,
+                { .name = "b",
+                  .dtype = ST_U8,
+                  .ndim = 1,
+                  .shape = { 5 },
+                  .data = bytes,
                   .nbytes = sizeof(bytes) },
                 { .name = "scalar", .dtype = ST_F32, .ndim = 0, .data = w, .nbytes = 4 },
         };
-        const st_meta meta[] = { { "format", "edged-checkpoint-1" }, { "step", "12" },
+        const st_meta meta[] = { { "format", "edged-checkpoint-1" },
+                                 { "step", "12" },
                                  { "config", "tiny" } };
         char path[1024];
         int r;
@@ -67,6 +81,36 @@ static int gen_safetensors(const char *corpus) {
                 return r;
         snprintf(path, sizeof(path), "%.512s/safetensors/empty.safetensors", corpus);
         return st_write(path, NULL, 0, NULL, 0);
+}
+
+/* A whole checkpoint, sums included, small enough for the fuzzer's input cap: the micro
+ * model fuzz-safetensors loads it into. */
+static int gen_checkpoint(const char *corpus) {
+        const model_config cfg = {
+                .name = "custom", .block_size = 8, .n_embd = 8, .n_layer = 1, .n_head = 2
+        };
+        const ckpt_state st = { .step = 3, .data_cursor = 42, .model_version = 0 };
+        adamw_hparams hp;
+        adamw_state opt;
+        model *m = NULL;
+        char path[1024];
+        int r;
+
+        adamw_hparams_default(&hp);
+        if ((r = model_new(&cfg, 1, 1, &m)) < 0 ||
+            (r = adamw_new(m->layout.n_params, &hp, &opt)) < 0)
+                return r;
+        for (size_t i = 0; i < m->layout.n_params; i++) {
+                m->params[i] = (float) ((int) (i % 17) - 8) * 0.01f;
+                opt.m[i] = m->params[i] * 0.1f;
+                opt.v[i] = m->params[i] * m->params[i];
+        }
+        opt.t = 3;
+        snprintf(path, sizeof(path), "%.512s/safetensors/checkpoint.safetensors", corpus);
+        r = ckpt_save(path, m, &opt, &st);
+        adamw_free(&opt);
+        model_free(m);
+        return r;
 }
 
 int main(int argc, char **argv) {
@@ -84,7 +128,7 @@ int main(int argc, char **argv) {
                 return 2;
         }
         snprintf(dir, sizeof(dir), "%s/update", argv[1]);
-        if (gen_safetensors(argv[1]) < 0) {
+        if (gen_safetensors(argv[1]) < 0 || gen_checkpoint(argv[1]) < 0) {
                 fprintf(stderr, "gen-seeds: safetensors failed\n");
                 return 1;
         }
