@@ -36,6 +36,7 @@
 #include "macros.h"
 #include "monitor.h"
 #include "test-files.h"
+#include "test-sched.h"
 
 #define MAIN_CPU 0
 #define WORK_CPU 1
@@ -51,44 +52,9 @@ static monitor *mon;
 static monitor_counters before, after; /* 12 KB each: not on the stack */
 static monitor_counters more_before[MAX_MONS - 1], more_after[MAX_MONS - 1];
 
-static uint64_t now_ns(clockid_t clk) {
-        struct timespec ts;
-
-        clock_gettime(clk, &ts);
-        return (uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec;
-}
-
-static void sleep_ns(uint64_t ns) {
-        struct timespec ts = { .tv_sec = (time_t) (ns / 1000000000ULL),
-                               .tv_nsec = (long) (ns % 1000000000ULL) };
-
-        nanosleep(&ts, NULL);
-}
-
 static void spin_until(uint64_t mono_ns) {
         while (now_ns(CLOCK_MONOTONIC) < mono_ns)
                 ;
-}
-
-static int pin_self(int cpu) {
-        cpu_set_t set;
-
-        CPU_ZERO(&set);
-        CPU_SET(cpu, &set);
-        return sched_setaffinity(0, sizeof(set), &set) < 0 ? -errno : 0;
-}
-
-/* For the calling thread only. */
-static int set_sched(int policy, int prio) {
-        struct sched_param sp = { .sched_priority = prio };
-
-        return sched_setscheduler(0, policy, &sp) < 0 ? -errno : 0;
-}
-
-static int pin_and_sched(int cpu, int policy, int prio) {
-        int r = pin_self(cpu);
-
-        return r < 0 ? r : set_sched(policy, prio);
 }
 
 static double ms(uint64_t ns) {
@@ -135,23 +101,6 @@ static int mon_set_read(const mon_set *s, monitor_counters *const *out) {
 }
 
 /* ---- busy time ---- */
-
-static void *exit_at_once(void *arg) {
-        return NULL;
-}
-
-/* Makes the calling thread's latest switch-in one from a thread of ours. Here the kernel does
- * not report every switch (monitor_counters.missed_switches: the sandbox's own threads leave
- * the CPU unseen), and until the next reported one the monitor charges the CPU to the task it
- * saw last: a thread switched in from such a task is counted in that task's class, or as idle
- * once that task is seen elsewhere. A thread created here inherits the caller's SCHED_FIFO
- * priority and CPU, so joining it switches to it and back, and nothing else runs between. */
-static int handoff(void) {
-        pthread_t th;
-        int r = pthread_create(&th, NULL, exit_at_once, NULL);
-
-        return r ? -r : -pthread_join(th, NULL);
-}
 
 /* Holds WORK_CPU at SCHED_FIFO for spin_ns and reads the monitors itself just before and
  * after, so its CPU clock and the counters cover the same interval. */
@@ -1072,15 +1021,6 @@ static void test_read_monotonic(void **state) {
         printf("  since open: %llu switches, %llu whose switch-out the kernel did not report\n",
                (unsigned long long) after.total.switches,
                (unsigned long long) after.total.missed_switches);
-}
-
-/* Two runs at once (another user's, say) would share CPU 1 at the same SCHED_FIFO priority:
- * they take turns. The lock is held until exit. test-sense takes it too. */
-static void wait_for_other_runs(void) {
-        int fd = open("/tmp/edged-test-monitor.lock", O_RDONLY | O_CREAT | O_CLOEXEC, 0666);
-
-        if (fd >= 0 && flock(fd, LOCK_EX) < 0)
-                close(fd);
 }
 
 int main(void) {

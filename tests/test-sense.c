@@ -25,6 +25,7 @@
 
 #include "sense.h"
 #include "sensors.h"
+#include "test-sched.h"
 
 static char fixture_root[512];
 
@@ -98,24 +99,6 @@ static void test_fixture_trees(void **state) {
 }
 
 /* ---- a harvester thread, as either source sees it ---- */
-
-static uint64_t now_ns(clockid_t clk) {
-        struct timespec ts;
-
-        clock_gettime(clk, &ts);
-        return (uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec;
-}
-
-static void *exit_at_once(void *arg) {
-        return NULL;
-}
-
-static int handoff(void) {
-        pthread_t th;
-        int r = pthread_create(&th, NULL, exit_at_once, NULL);
-
-        return r ? -r : -pthread_join(th, NULL);
-}
 
 /* The harvester thread takes both samples itself, each right after reading its own CPU clock:
  * its CPU time and the samples then cover the same interval even when a thread is preempted
@@ -275,15 +258,6 @@ static void test_format(void **state) {
                 json_integer_value(json_object_get(json_object_get(j, "memory"), "total_kib")),
                 8 * 1024 * 1024);
         json_decref(j);
-}
-
-/* test-monitor's SCHED_FIFO threads, if it runs meanwhile, would share the harvester's CPU: the
- * two take turns. The lock is held until exit. */
-static void wait_for_other_runs(void) {
-        int fd = open("/tmp/edged-test-monitor.lock", O_RDONLY | O_CREAT | O_CLOEXEC, 0666);
-
-        if (fd >= 0 && flock(fd, LOCK_EX) < 0)
-                close(fd);
 }
 
 int main(void) {
