@@ -354,6 +354,11 @@ void manager_decide(manager *m) {
                         log_state(mode, why, "off");
         }
         m->last = d;
+        /* Paused, the tick runs every 4 s; a resume outside it (a command, a power event)
+         * must not leave the running daemon sampling at that pace until the next tick. */
+        if (d.transition && d.mode == POLICY_RUNNING && m->tick &&
+            sd_event_source_set_time_relative(m->tick, SAMPLE_USEC) >= 0)
+                (void) sd_event_source_set_enabled(m->tick, SD_EVENT_ONESHOT);
         stage_server_set_paused(m->stage, serving_paused(&d), policy_reason_name(d.reason));
         account(m, &d, d.transition, now);
 

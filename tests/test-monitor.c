@@ -310,17 +310,27 @@ static void check_idle_window(const idle_edge *e0, const idle_edge *e1, idle_win
                 uint64_t entries = e1->entries[cpu] - e0->entries[cpu];
                 uint64_t switches = after.cpu[cpu].switches - before.cpu[cpu].switches;
                 uint64_t overhead = (entries ? entries : switches) * IDLE_ENTRY_NS;
-                uint64_t hidden = after.cpu[cpu].missed_switches ? MONITOR_VERIFY_NS : 0;
+                uint64_t n_hidden =
+                        after.cpu[cpu].missed_switches - before.cpu[cpu].missed_switches;
+                uint64_t hidden = n_hidden ? MONITOR_VERIFY_NS : 0;
+                /* After a hidden switch away, monitor_read counts the time until the next
+                 * reported switch as idle once the task it saw last is gone; on a CPU that
+                 * other work keeps busy that is not idle time, and nothing here says how long
+                 * it lasted (a known limit of bpf/monitor.c; quiet CPUs are held to it). */
+                bool judged = !n_hidden || (double) lo >= 0.9 * (double) w->wall;
 
                 if (!after.cpu[cpu].seen)
                         continue;
                 printf("  cpu%d over %.1f ms: BPF idle %.3f ms, the kernel's %.0f..%.0f ms; %llu "
-                       "idle entries%s\n",
+                       "idle entries%s%s\n",
                        cpu, ms(w->wall), ms(bpf), ms(lo), ms(hi), (unsigned long long) entries,
-                       hidden ? "; the kernel hid switches" : "");
+                       n_hidden ? "; the kernel hid switches" : "",
+                       judged ? "" : "; busy, so the upper bound is not judged");
                 assert_true(bpf + hidden >= lo);
-                assert_true(bpf <= hi + overhead + hidden);
-                assert_true(bpf <= w->wall + hidden);
+                if (judged) {
+                        assert_true(bpf <= hi + overhead + hidden);
+                        assert_true(bpf <= w->wall + hidden);
+                }
                 w->bpf[cpu] = bpf;
                 w->kernel_lo[cpu] = lo;
                 w->kernel_hi[cpu] = hi;
@@ -375,7 +385,10 @@ static void test_idle_vs_proc_stat(void **state) {
                WORK_CPU);
         /* The thread's time is not idle time. */
         assert_true(w.bpf[WORK_CPU] + at_least(s.cpu_ns) <=
-                    w.wall + (after.cpu[WORK_CPU].missed_switches ? MONITOR_VERIFY_NS : 0));
+                    w.wall + (after.cpu[WORK_CPU].missed_switches !=
+                                              before.cpu[WORK_CPU].missed_switches
+                                      ? MONITOR_VERIFY_NS
+                                      : 0));
         if (w.kernel_hi_total < 100000000ULL)
                 TEST_SKIP("the CPUs were idle for %.0f ms at most (other work kept them busy): "
                           "that BPF counts the kernel's idle time could not be checked",
