@@ -310,21 +310,23 @@ static void check_idle_window(const idle_edge *e0, const idle_edge *e1, idle_win
                 uint64_t entries = e1->entries[cpu] - e0->entries[cpu];
                 uint64_t switches = after.cpu[cpu].switches - before.cpu[cpu].switches;
                 uint64_t overhead = (entries ? entries : switches) * IDLE_ENTRY_NS;
-                uint64_t n_hidden =
-                        after.cpu[cpu].missed_switches - before.cpu[cpu].missed_switches;
-                uint64_t hidden = n_hidden ? MONITOR_VERIFY_NS : 0;
-                /* After a hidden switch away, monitor_read counts the time until the next
-                 * reported switch as idle once the task it saw last is gone; on a CPU that
-                 * other work keeps busy that is not idle time, and nothing here says how long
-                 * it lasted (a known limit of bpf/monitor.c; quiet CPUs are held to it). */
-                bool judged = !n_hidden || (double) lo >= 0.9 * (double) w->wall;
+                /* The kernel here hides some switches (see handoff()); one is counted only at
+                 * the next reported switch, so a window's count can miss one in progress, and
+                 * only whether this CPU ever had one tells. After a hidden switch away,
+                 * monitor_read counts the time until the next reported switch as idle once
+                 * the task it saw last is gone: on a CPU other work keeps busy that is not
+                 * idle time and nothing here bounds it (a known limit of bpf/monitor.c: it
+                 * cannot see what runs now). Quiet CPUs are held to the bounds regardless. */
+                bool hides = after.cpu[cpu].missed_switches > 0;
+                uint64_t hidden = hides ? MONITOR_VERIFY_NS : 0;
+                bool judged = !hides || (double) lo >= 0.9 * (double) w->wall;
 
                 if (!after.cpu[cpu].seen)
                         continue;
                 printf("  cpu%d over %.1f ms: BPF idle %.3f ms, the kernel's %.0f..%.0f ms; %llu "
                        "idle entries%s%s\n",
                        cpu, ms(w->wall), ms(bpf), ms(lo), ms(hi), (unsigned long long) entries,
-                       n_hidden ? "; the kernel hid switches" : "",
+                       hides ? "; the kernel hides switches here" : "",
                        judged ? "" : "; busy, so the upper bound is not judged");
                 assert_true(bpf + hidden >= lo);
                 if (judged) {
@@ -383,12 +385,12 @@ static void test_idle_vs_proc_stat(void **state) {
                "spun %.3f ms on cpu%d\n",
                ms(w.bpf_total), ms(w.kernel_lo_total), ms(w.kernel_hi_total), ms(s.cpu_ns),
                WORK_CPU);
-        /* The thread's time is not idle time. */
-        assert_true(w.bpf[WORK_CPU] + at_least(s.cpu_ns) <=
-                    w.wall + (after.cpu[WORK_CPU].missed_switches !=
-                                              before.cpu[WORK_CPU].missed_switches
-                                      ? MONITOR_VERIFY_NS
-                                      : 0));
+        /* The thread's time is not idle time (judged as the bounds above are: not on a busy
+         * CPU where the kernel hides switches). */
+        if (!after.cpu[WORK_CPU].missed_switches ||
+            (double) w.kernel_lo[WORK_CPU] >= 0.9 * (double) (w.wall - s.cpu_ns))
+                assert_true(w.bpf[WORK_CPU] + at_least(s.cpu_ns) <=
+                            w.wall + (after.cpu[WORK_CPU].missed_switches ? MONITOR_VERIFY_NS : 0));
         if (w.kernel_hi_total < 100000000ULL)
                 TEST_SKIP("the CPUs were idle for %.0f ms at most (other work kept them busy): "
                           "that BPF counts the kernel's idle time could not be checked",
