@@ -586,6 +586,21 @@ static sent_update *find_sent(device *d, const char *key) {
         return &d->u[seq];
 }
 
+/* The update a row of version v names (columns col: device, col + 1: key), as this test sent
+ * it; fails the test when it did not send it or v already holds K of them. */
+static sent_update *sent_of_row(sqlite3_stmt *st, int col, long long v, size_t k, device **ret_d) {
+        const char *dev = (const char *) sqlite3_column_text(st, col);
+        const char *key = (const char *) sqlite3_column_text(st, col + 1);
+        device *d = device_by_id(dev);
+        sent_update *su = d ? find_sent(d, key) : NULL;
+
+        if (!su || k == BUFFER_K)
+                fail_msg("version %lld: row %s/%s was not sent by this test, or one too many", v,
+                         dev, key);
+        *ret_d = d;
+        return su;
+}
+
 /* Files in blobs/ that no version row names (model or optimizer state): left by a kill between
  * writing a version's blobs and committing it (the next merge prunes them), or temporary files
  * of a write that was cut. With seen: also how many of them were not in *seen before (which
@@ -1048,17 +1063,13 @@ static unsigned check_replay(const agg_settings *set, opt_state *pred) {
                         sqlite3_reset(st);
                         sqlite3_bind_int64(st, 1, v);
                         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                                const char *dev = (const char *) sqlite3_column_text(st, 0);
                                 const char *key = (const char *) sqlite3_column_text(st, 1);
-                                device *d = device_by_id(dev);
-                                sent_update *su = d ? find_sent(d, key) : NULL;
+                                device *d;
+                                sent_update *su = sent_of_row(st, 0, v, k, &d);
                                 _cleanup_free_ void *body = NULL;
                                 size_t size;
                                 upd_info info;
                                 char err[256];
-                                if (!su || k == BUFFER_K)
-                                        fail_msg("version %lld: row %s/%s cannot be replayed",
-                                                 (long long) v, dev, key);
                                 assert_int_equal(make_body(d, su->seq, su->base, &body, &size), 0);
                                 if (upd_decode(body, size, &lay, agg_max_raw_bytes(&lay), deltas[k],
                                                &info, err, sizeof(err)) < 0)
@@ -1404,18 +1415,14 @@ static void check_recompute(const agg_settings *set, const opt_state *pred, reco
                 sqlite3_reset(q);
                 sqlite3_bind_int64(q, 1, v);
                 while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-                        const char *dev = (const char *) sqlite3_column_text(q, 1);
                         const char *key = (const char *) sqlite3_column_text(q, 2);
-                        device *d = device_by_id(dev);
-                        sent_update *su = d ? find_sent(d, key) : NULL;
+                        device *d;
+                        sent_update *su = sent_of_row(q, 1, v, k, &d);
                         _cleanup_free_ void *body = NULL;
                         size_t size;
                         upd_info info;
                         char why[256];
 
-                        if (!su || k == BUFFER_K)
-                                fail_msg("version %lld: row %s/%s was not sent", (long long) v, dev,
-                                         key);
                         if (su->base > (uint64_t) v - 1)
                                 fail_msg("version %lld holds %s, based on version %" PRIu64,
                                          (long long) v, key, su->base);
